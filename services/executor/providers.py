@@ -1,0 +1,240 @@
+"""Provider calls through the official SDKs: one pooled client per deployment.
+
+The SDKs' own retries are off (``max_retries=0``): retries live in one place,
+the executor. Each call yields text deltas as they arrive (one delta for a
+non-streamed call) and ends with a ``Final``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import msgspec
+import openai
+
+from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
+from shared.schemas.chat import ChatRequest, ToolCall, Usage
+from shared.schemas.mesh import Deployment
+from shared.subjects import EXECUTOR
+
+SIMULATED_KEY = "sk-lockgate-simulated"
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+@dataclass(slots=True)
+class Final:
+    finish_reason: str | None
+    usage: Usage
+    tool_calls: list[ToolCall] | None = None
+
+
+class Clients:
+    """One SDK client (and so one HTTP connection pool) per deployment."""
+
+    def __init__(self) -> None:
+        self._openai: dict[str, openai.AsyncOpenAI] = {}
+        self._anthropic: dict[str, anthropic.AsyncAnthropic] = {}
+
+    @staticmethod
+    def _key(dep: Deployment) -> str:
+        if dep.api_key_env is None:
+            return SIMULATED_KEY
+        key = os.environ.get(dep.api_key_env)
+        if not key:
+            raise UpstreamError(f"deployment {dep.name}: {dep.api_key_env} is not set", stage=EXECUTOR)
+        return key
+
+    def openai(self, dep: Deployment) -> openai.AsyncOpenAI:
+        client = self._openai.get(dep.name)
+        if client is None:
+            client = openai.AsyncOpenAI(api_key=self._key(dep), base_url=dep.base_url, max_retries=0)
+            self._openai[dep.name] = client
+        return client
+
+    def anthropic(self, dep: Deployment) -> anthropic.AsyncAnthropic:
+        client = self._anthropic.get(dep.name)
+        if client is None:
+            client = anthropic.AsyncAnthropic(api_key=self._key(dep), base_url=dep.base_url, max_retries=0)
+            self._anthropic[dep.name] = client
+        return client
+
+    async def close(self) -> None:
+        for c in self._openai.values():
+            await c.close()
+        for a in self._anthropic.values():
+            await a.close()
+
+
+def classify(exc: BaseException, dep: Deployment) -> LockgateError:
+    """Map an SDK failure to our vocabulary; ``retryable`` says whether another candidate may help."""
+    where = f"deployment {dep.name}"
+    if isinstance(exc, LockgateError):
+        return exc
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        status = exc.status_code
+        message = _provider_message(exc)
+        if status == 429:
+            return RateLimited(f"{where} is rate limited: {message}", stage=EXECUTOR, retry_after_ms=_retry_after(exc))
+        if status == 400 and "context" in message.lower():
+            return ContextTooLong(f"{where}: {message}", stage=EXECUTOR)
+        if status in (400, 422):
+            return InvalidRequest(f"{where} rejected the request: {message}", stage=EXECUTOR)
+        return UpstreamError(f"{where} answered HTTP {status}: {message}", stage=EXECUTOR)
+    if isinstance(exc, TimeoutError | openai.APITimeoutError | anthropic.APITimeoutError):
+        return UpstreamError(f"{where} timed out", stage=EXECUTOR)
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
+        return UpstreamError(f"{where} is unreachable", stage=EXECUTOR)
+    return UpstreamError(f"{where} sent a malformed answer ({type(exc).__name__})", stage=EXECUTOR)
+
+
+def _provider_message(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])[:300]
+    return str(exc.message)[:300]
+
+
+def _retry_after(exc: openai.APIStatusError | anthropic.APIStatusError) -> int | None:
+    h = exc.response.headers
+    raw_ms = h.get("retry-after-ms")
+    try:
+        if raw_ms is not None:
+            return int(float(raw_ms))
+        raw = h.get("retry-after")
+        if raw is not None:
+            return int(float(raw) * 1000)
+    except ValueError:
+        return None
+    return None
+
+
+def _openai_kwargs(req: ChatRequest, dep: Deployment) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "model": dep.provider_model,
+        "messages": msgspec.to_builtins(req.messages),
+    }
+    cap = req.output_cap
+    if cap is not None:
+        kw["max_tokens"] = min(cap, dep.max_output_tokens)
+    for name in ("temperature", "top_p", "seed", "stop", "tool_choice", "tools"):
+        value = getattr(req, name)
+        if value is not None:
+            kw[name] = msgspec.to_builtins(value)
+    if req.response_format is not None:
+        kw["response_format"] = msgspec.to_builtins(req.response_format)
+    return kw
+
+
+async def call_openai(
+    client: openai.AsyncOpenAI, req: ChatRequest, dep: Deployment, timeout_s: float, stream: bool
+) -> AsyncIterator[str | Final]:
+    kw = _openai_kwargs(req, dep)
+    if not stream:
+        resp = await client.chat.completions.create(**kw, timeout=timeout_s)
+        choice = resp.choices[0]
+        if choice.message.content:
+            yield choice.message.content
+        tool_calls = (
+            [msgspec.convert(tc.model_dump(), ToolCall) for tc in choice.message.tool_calls]
+            if choice.message.tool_calls
+            else None
+        )
+        u = resp.usage
+        usage = Usage(
+            prompt_tokens=u.prompt_tokens if u else 0,
+            completion_tokens=u.completion_tokens if u else 0,
+            total_tokens=u.total_tokens if u else 0,
+        )
+        yield Final(finish_reason=choice.finish_reason, usage=usage, tool_calls=tool_calls)
+        return
+    chunks = await client.chat.completions.create(
+        **kw, stream=True, stream_options={"include_usage": True}, timeout=timeout_s
+    )
+    finish: str | None = None
+    usage = Usage()
+    async for chunk in chunks:
+        if chunk.usage is not None:
+            usage = Usage(
+                prompt_tokens=chunk.usage.prompt_tokens,
+                completion_tokens=chunk.usage.completion_tokens,
+                total_tokens=chunk.usage.total_tokens,
+            )
+        for ch in chunk.choices:
+            if ch.delta.content:
+                yield ch.delta.content
+            if ch.finish_reason:
+                finish = ch.finish_reason
+    yield Final(finish_reason=finish, usage=usage)
+
+
+def _anthropic_kwargs(req: ChatRequest, dep: Deployment) -> dict[str, Any]:
+    system = "\n\n".join(m.text() for m in req.messages if m.role in ("system", "developer"))
+    messages = [
+        {"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")
+    ]
+    kw: dict[str, Any] = {
+        "model": dep.provider_model,
+        "messages": messages,
+        "max_tokens": min(req.output_cap or dep.max_output_tokens, dep.max_output_tokens),
+    }
+    if system:
+        kw["system"] = system
+    if req.temperature is not None:
+        kw["temperature"] = min(req.temperature, 1.0)  # Anthropic's range is [0, 1]
+    if req.top_p is not None:
+        kw["top_p"] = req.top_p
+    if req.stop is not None:
+        kw["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    return kw
+
+
+async def call_anthropic(
+    client: anthropic.AsyncAnthropic, req: ChatRequest, dep: Deployment, timeout_s: float, stream: bool
+) -> AsyncIterator[str | Final]:
+    kw = _anthropic_kwargs(req, dep)
+    if not stream:
+        msg = await client.messages.create(**kw, timeout=timeout_s)
+        text = "".join(block.text for block in msg.content if block.type == "text")
+        if text:
+            yield text
+        u = msg.usage
+        yield Final(
+            finish_reason=_STOP.get(msg.stop_reason or "", msg.stop_reason),
+            usage=Usage(
+                prompt_tokens=u.input_tokens,
+                completion_tokens=u.output_tokens,
+                total_tokens=u.input_tokens + u.output_tokens,
+            ),
+        )
+        return
+    events = await client.messages.create(**kw, stream=True, timeout=timeout_s)
+    prompt = completion = 0
+    finish: str | None = None
+    async for ev in events:
+        if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
+            yield ev.delta.text
+        elif ev.type == "message_start":
+            prompt = ev.message.usage.input_tokens
+        elif ev.type == "message_delta":
+            completion = ev.usage.output_tokens
+            finish = _STOP.get(ev.delta.stop_reason or "", ev.delta.stop_reason)
+    yield Final(
+        finish_reason=finish,
+        usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
+    )
+
+
+def call(clients: Clients, req: ChatRequest, dep: Deployment, timeout_s: float, stream: bool) -> AsyncIterator[str | Final]:
+    if dep.kind == "openai":
+        return call_openai(clients.openai(dep), req, dep, timeout_s, stream)
+    return call_anthropic(clients.anthropic(dep), req, dep, timeout_s, stream)
+
+
+def cost(dep: Deployment, usage: Usage) -> float:
+    return (usage.prompt_tokens * dep.price_in_per_mtok + usage.completion_tokens * dep.price_out_per_mtok) / 1e6

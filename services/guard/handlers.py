@@ -1,0 +1,348 @@
+"""The guard: admit a request, drive the stages, answer the client, report the outcome.
+
+Order: size → key → decode → input checks → (route ‖ cache lookup) → access
+check → cache hit answers at once (no budget reserved) → reserve → execute →
+validate (JSON only) → reply → completion event. Each stage call runs under
+its own time slice of the deadline and its failure policy (open: carry on
+without it; closed: refuse with ``stage_unavailable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+
+from services.guard import inputs, replies
+from shared import bus, headers
+from shared.config import LockgateConfig, StagePolicy
+from shared.errors import (
+    DeadlineExceeded,
+    Forbidden,
+    InvalidRequest,
+    LockgateError,
+    StageUnavailable,
+    validation_message,
+)
+from shared.headers import RequestContext, now_ms
+from shared.keys import KeyStore, Principal
+from shared.schemas.chat import ChatRequest, LockgateInfo, StreamDone, Usage
+from shared.schemas.events import CompletionEvent, Outcome
+from shared.schemas.mesh import (
+    CachedCompletion,
+    CacheLookup,
+    CacheResult,
+    ExecuteRequest,
+    ExecuteResult,
+    Reservation,
+    ReserveRequest,
+    RoutePlan,
+    RouteRequest,
+    ValidateRequest,
+    ValidateResult,
+)
+from shared.subjects import (
+    BUDGETER,
+    CACHE,
+    EV_COMPLETION,
+    EXECUTOR,
+    GUARD,
+    OP_EXECUTE,
+    OP_LOOKUP,
+    OP_RESERVE,
+    OP_ROUTE,
+    OP_VALIDATE,
+    ROUTER,
+    VALIDATOR,
+    Names,
+)
+
+T = TypeVar("T")
+log = structlog.get_logger("lockgate.guard")
+
+REFUSED = frozenset(
+    {"invalid_request", "unauthorized", "forbidden", "budget_exceeded", "rate_limited", "blocked_input",
+     "context_too_long"}
+)  # fmt: skip
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def subject_token(value: str) -> str:
+    return _TOKEN.sub("_", value)[:64] or "_anonymous"
+
+
+@dataclass
+class Trace:
+    """What the guard learned while serving one request (reply, event, logs)."""
+
+    ctx: RequestContext
+    t0: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+    principal: Principal | None = None
+    req: ChatRequest | None = None
+    plan: RoutePlan | None = None
+    reservation: Reservation | None = None
+    result: ExecuteResult | None = None
+    cache_key: str = ""
+    cached: CachedCompletion | None = None
+    validation: str = ""
+
+    def total_ms(self) -> float:
+        return round((time.perf_counter() - self.t0) * 1000, 3)
+
+
+class Guard:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, config: LockgateConfig, names: Names, keys: KeyStore
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.config = config
+        self.names = names
+        self.keys = keys
+        self.limits = config.limits
+        self.stages = config.stages
+        self._decoder = msgspec.json.Decoder(ChatRequest)
+        self._subjects = {
+            ROUTER: names.mesh(ROUTER, OP_ROUTE),
+            CACHE: names.mesh(CACHE, OP_LOOKUP),
+            BUDGETER: names.mesh(BUDGETER, OP_RESERVE),
+            EXECUTOR: names.mesh(EXECUTOR, OP_EXECUTE),
+            VALIDATOR: names.mesh(VALIDATOR, OP_VALIDATE),
+        }
+
+    # -- the endpoint ------------------------------------------------------------------
+    async def chat(self, request: Request) -> None:
+        h = request.headers or {}
+        gw = self.config.gateway
+        ctx = RequestContext.from_headers(h, default_timeout_ms=gw.request_timeout_ms)
+        ctx = ctx.with_deadline(min(ctx.deadline_ms, now_ms() + gw.max_timeout_ms))
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id, stage=GUARD)
+        tr = Trace(ctx=ctx)
+        inbox = request._msg.reply
+        outcome: Outcome
+        err: LockgateError | None = None
+        try:
+            if not inbox:
+                raise InvalidRequest("no reply subject: send llm.v1.chat as a request", stage=GUARD)
+            if ctx.expired():
+                raise DeadlineExceeded("the request's deadline had passed on arrival", stage=GUARD)
+            async with asyncio.timeout(ctx.remaining_s()):
+                outcome = await self._serve(request.data, h, inbox, tr)
+        except Exception as exc:
+            err = bus.as_lockgate_error(exc, GUARD)
+            if err.type == "internal":
+                log.error("request_failed", error=repr(exc), exc_info=exc)
+            outcome = "refused" if err.type in REFUSED else "failed"
+            if inbox:
+                await replies.send_error(self.nc, inbox, err, tr.ctx.request_id)
+            else:
+                log.warning("request_without_reply_subject")
+        await self._report(tr, outcome, err)
+
+    async def _serve(self, data: bytes, h: dict[str, str], inbox: str, tr: Trace) -> Outcome:
+        if len(data) > self.limits.max_request_bytes:
+            raise InvalidRequest(
+                f"request body is {len(data)} bytes; the limit is {self.limits.max_request_bytes}", stage=GUARD
+            )
+        principal = await self.keys.resolve(h.get(headers.AUTHORIZATION))
+        tr.principal = principal
+        tr.ctx = ctx = tr.ctx.with_tenant(principal.tenant)
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+        try:
+            req = self._decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidRequest(f"invalid request: {validation_message(exc)}", stage=GUARD) from None
+        tr.req = req
+        total_chars = inputs.check(req, self.limits)
+        if req.lockgate.max_latency_ms is not None:
+            tr.ctx = ctx = ctx.with_deadline(min(ctx.deadline_ms, now_ms() + req.lockgate.max_latency_ms))
+
+        route = self._call(
+            ROUTER, RouteRequest(model=req.model, route=req.lockgate.route), RoutePlan, self.stages.router, tr
+        )
+        if inputs.cacheable(req):
+            tr.cache_key = inputs.cache_key(req)
+            lookup = self._call(
+                CACHE, CacheLookup(tenant=principal.tenant, key=tr.cache_key), CacheResult, self.stages.cache, tr
+            )
+            plan, hit = await asyncio.gather(route, lookup)
+        else:
+            plan, hit = await route, None
+        if plan is None:
+            raise StageUnavailable("no route plan", stage=ROUTER)
+        tr.plan = plan
+        if not (principal.may_use(plan.route) or (req.model is not None and principal.may_use(req.model))):
+            raise Forbidden(f"this API key may not use {req.model or plan.route!r}", stage=GUARD)
+
+        if hit is not None and hit.completion is not None:
+            tr.cached = hit.completion
+            await self._answer_cached(req, hit.completion, inbox, tr)
+            return "cached"
+
+        prompt_tokens = inputs.estimate_prompt_tokens(total_chars, len(req.messages))
+        amount = max(
+            (prompt_tokens * d.price_in_per_mtok + min(req.output_cap or d.max_output_tokens, d.max_output_tokens)
+             * d.price_out_per_mtok) / 1e6
+            for d in plan.candidates
+        )  # fmt: skip
+        tr.reservation = await self._call(
+            BUDGETER,
+            ReserveRequest(tenant=principal.tenant, user=req.user or "", amount_usd=amount),
+            Reservation,
+            self.stages.budgeter,
+            tr,
+        )
+
+        t = time.perf_counter()
+        tr.result = result = await bus.call(
+            self.nc,
+            self._subjects[EXECUTOR],
+            ExecuteRequest(
+                request=req,
+                candidates=plan.candidates,
+                response_id=f"chatcmpl-{ctx.request_id}",
+                stream_inbox=inbox if req.stream else None,
+            ),
+            ExecuteResult,
+            ctx,
+            stage=EXECUTOR,
+            timeout_s=ctx.remaining_s(),
+        )
+        tr.stages[EXECUTOR] = _ms(t)
+
+        content = result.content
+        fmt = req.response_format
+        if fmt is not None and fmt.wants_json and content is not None:
+            checked = await self._call(
+                VALIDATOR, ValidateRequest(content=content, response_format=fmt), ValidateResult,
+                self.stages.validator, tr,
+            )  # fmt: skip
+            if checked is not None:
+                tr.validation = checked.outcome
+                content = checked.content
+
+        info = self._info(tr)
+        rid = f"chatcmpl-{ctx.request_id}"
+        if req.stream:
+            done = StreamDone(
+                id=rid, model=result.model, finish_reason=result.finish_reason, usage=result.usage,
+                chunks=result.chunks, lockgate=info,
+            )  # fmt: skip
+            await replies.send_done(self.nc, inbox, done, ctx.request_id)
+        else:
+            resp = replies.completion(
+                rid, result.model, content, result.tool_calls, result.finish_reason, result.usage, info
+            )
+            await replies.send_completion(self.nc, inbox, resp, ctx.request_id)
+        return "completed"
+
+    async def _answer_cached(self, req: ChatRequest, c: CachedCompletion, inbox: str, tr: Trace) -> None:
+        rid = f"chatcmpl-{tr.ctx.request_id}"
+        info = self._info(tr)
+        if req.stream:
+            chunks = 0
+            if c.content:
+                await replies.send_chunk(self.nc, inbox, rid, c.model, c.content, 0, tr.ctx.request_id)
+                chunks = 1
+            done = StreamDone(id=rid, model=c.model, finish_reason=c.finish_reason, usage=c.usage, chunks=chunks,
+                              lockgate=info)  # fmt: skip
+            await replies.send_done(self.nc, inbox, done, tr.ctx.request_id)
+        else:
+            resp = replies.completion(rid, c.model, c.content, c.tool_calls, c.finish_reason, c.usage, info)
+            await replies.send_completion(self.nc, inbox, resp, tr.ctx.request_id)
+
+    # -- stage calls under policy -------------------------------------------------------
+    async def _call(self, stage: str, payload: Any, reply_type: type[T], policy: StagePolicy, tr: Trace) -> T | None:
+        t = time.perf_counter()
+        try:
+            return await bus.call(
+                self.nc, self._subjects[stage], payload, reply_type, tr.ctx, stage=stage,
+                timeout_s=policy.timeout_ms / 1000.0,
+            )  # fmt: skip
+        except StageUnavailable as exc:
+            if policy.on_failure == "open":
+                log.warning("stage_failed_open", failed_stage=stage, error=exc.message)
+                return None
+            raise
+        finally:
+            tr.stages[stage] = _ms(t)
+
+    # -- reporting ----------------------------------------------------------------------
+    def _info(self, tr: Trace) -> LockgateInfo:
+        r = tr.result
+        stages = dict(tr.stages)
+        stages["total"] = tr.total_ms()
+        if tr.cached is not None:
+            return LockgateInfo(
+                request_id=tr.ctx.request_id, route=tr.plan.route if tr.plan else "",
+                deployment=tr.cached.deployment, cached="exact", latency_ms=stages,
+            )  # fmt: skip
+        return LockgateInfo(
+            request_id=tr.ctx.request_id,
+            route=tr.plan.route if tr.plan else "",
+            deployment=r.deployment if r else "",
+            provider=r.provider if r else "",
+            attempts=r.attempts if r else [],
+            fallbacks=max(0, len(r.attempts) - 1) if r else 0,
+            cost_usd=r.cost_usd if r else 0.0,
+            latency_ms=stages,
+            validation=tr.validation,
+        )
+
+    async def _report(self, tr: Trace, outcome: Outcome, err: LockgateError | None) -> None:
+        """Publish the completion event: budget settles, cache fills, auditor records."""
+        req, r, p, res = tr.req, tr.result, tr.principal, tr.reservation
+        completion = None
+        if outcome == "completed" and tr.cache_key and r is not None:
+            completion = CachedCompletion(
+                content=r.content, tool_calls=r.tool_calls, finish_reason=r.finish_reason, model=r.model,
+                usage=r.usage, deployment=r.deployment,
+            )  # fmt: skip
+        stages = dict(tr.stages)
+        ev = CompletionEvent(
+            request_id=tr.ctx.request_id,
+            tenant=p.tenant if p else "",
+            ts_ms=now_ms(),
+            outcome=outcome,
+            user=(req.user or "") if req else "",
+            key_id=p.key_id if p else "",
+            model=(r.model if r else (tr.cached.model if tr.cached else (req.model or ""))) if req else "",
+            route=tr.plan.route if tr.plan else "",
+            deployment=r.deployment if r else (tr.cached.deployment if tr.cached else ""),
+            stream=req.stream if req else False,
+            error_type=err.type if err else "",
+            error_stage=err.stage if err else "",
+            error_message=err.message[:500] if err else "",
+            usage=r.usage if r else (tr.cached.usage if tr.cached else Usage()),
+            cost_usd=r.cost_usd if r else 0.0,
+            reservation_id=res.reservation_id if res else "",
+            reserved_usd=res.amount_usd if res else 0.0,
+            budget_window=res.window if res else "",
+            latency_ms=tr.total_ms(),
+            stage_latency_ms=stages,
+            attempts=r.attempts if r else [],
+            validation=tr.validation,
+            cache_key=tr.cache_key if completion is not None else "",
+            completion=completion,
+            metadata=req.lockgate.metadata if req else {},
+        )
+        subject = self.names.event(EV_COMPLETION, subject_token(ev.tenant))
+        try:
+            await self.js.publish(subject, bus.encode(ev), headers={headers.MSG_ID: ev.request_id})
+        except Exception as exc:  # the client has its answer; losing the event is logged loudly
+            log.error("completion_event_lost", error=str(exc))
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+

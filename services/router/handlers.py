@@ -1,0 +1,59 @@
+"""Resolve a requested model or route to an ordered list of candidate deployments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shared import config as cfgmod
+from shared.config import LockgateConfig
+from shared.errors import NotFound, UpstreamUnavailable
+from shared.keys import Principal
+from shared.schemas.chat import ModelInfo, ModelList
+from shared.schemas.mesh import Deployment, RoutePlan, RouteRequest
+from shared.subjects import ROUTER
+
+
+class RouteTable:
+    """Built once from config: enabled deployments per model, models per route."""
+
+    def __init__(self, config: LockgateConfig, env: Mapping[str, str] | None = None) -> None:
+        self.default_route = config.gateway.default_route
+        enabled = {name for name in config.providers if cfgmod.provider_enabled(config, name, env)}
+        self.by_model: dict[str, list[Deployment]] = {
+            model: [
+                cfgmod.deployment(config, model, dep)
+                for dep in m.deployments
+                if config.deployments[dep].provider in enabled
+            ]
+            for model, m in config.models.items()
+        }
+        self.routes: dict[str, list[str]] = {name: list(r.models) for name, r in config.routes.items()}
+
+    def plan(self, req: RouteRequest) -> RoutePlan:
+        if req.model:
+            if req.model in self.by_model:
+                return self._plan(req.route or req.model, [req.model])
+            if req.model in self.routes:  # a route may be asked for by name in `model`
+                return self._plan(req.model, self.routes[req.model])
+            raise NotFound(
+                f"unknown model {req.model!r}; known models: {', '.join(sorted(self.by_model))}", stage=ROUTER
+            )
+        name = req.route or self.default_route
+        if name not in self.routes:
+            raise NotFound(f"unknown route {name!r}; known routes: {', '.join(sorted(self.routes))}", stage=ROUTER)
+        return self._plan(name, self.routes[name])
+
+    def _plan(self, route: str, models: list[str]) -> RoutePlan:
+        candidates = [d for m in models for d in self.by_model[m]]
+        if not candidates:
+            raise UpstreamUnavailable(
+                f"no enabled deployment serves {route!r}: set the provider's API key or enable simulation",
+                stage=ROUTER,
+                retryable=False,
+            )
+        return RoutePlan(route=route, candidates=candidates)
+
+    def models_for(self, principal: Principal) -> ModelList:
+        names = [m for m, deps in self.by_model.items() if deps and principal.may_use(m)]
+        names += [r for r in self.routes if principal.may_use(r)]
+        return ModelList(data=[ModelInfo(id=n) for n in names])

@@ -1,0 +1,35 @@
+"""Router wiring: mesh.v1.router.route and llm.v1.models."""
+
+from __future__ import annotations
+
+from nats.micro.request import Request
+
+from services.router.handlers import RouteTable
+from shared import bus, headers, jetstream
+from shared.headers import RequestContext
+from shared.keys import KeyStore
+from shared.runtime import Env, Running
+from shared.schemas.mesh import RoutePlan, RouteRequest
+from shared.subjects import OP_ROUTE, ROUTER
+
+
+async def start(env: Env) -> Running:
+    table = RouteTable(env.config)
+    keys = KeyStore(env.config, await jetstream.ensure_bucket(env.js, env.names.keys_bucket))
+    stage = env.stage(ROUTER, "resolves models and routes to ordered candidate deployments")
+
+    async def route(req: RouteRequest, _: RequestContext) -> RoutePlan:
+        return table.plan(req)
+
+    async def models(request: Request) -> None:
+        ctx = RequestContext.from_headers(request.headers, default_timeout_ms=5_000)
+        try:
+            principal = await keys.resolve((request.headers or {}).get(headers.AUTHORIZATION))
+            await request.respond(bus.encode(table.models_for(principal)))
+        except Exception as exc:
+            await stage.respond_error(request, exc, ctx)
+
+    await stage.start()
+    await stage.add_typed(stage.group(env.names.mesh_group(ROUTER)), name=OP_ROUTE, req_type=RouteRequest, handler=route)
+    await stage.add_raw(stage.service, name="models", subject=env.names.models, handler=models)
+    return Running(ROUTER, stage)

@@ -1,0 +1,66 @@
+"""Check JSON output: parse (with light repair), then validate against the schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import msgspec
+
+from shared.errors import InvalidOutput
+from shared.schemas.mesh import ValidateRequest, ValidateResult
+from shared.subjects import VALIDATOR
+
+_FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
+MAX_ERRORS = 5
+
+
+def _parse(content: str) -> tuple[Any, bool]:
+    """The JSON value and whether it had to be repaired (fences, prose around it)."""
+    try:
+        return msgspec.json.decode(content), False
+    except msgspec.DecodeError:
+        pass
+    m = _FENCE.search(content)
+    if m:
+        try:
+            return msgspec.json.decode(m.group(1).strip()), True
+        except msgspec.DecodeError:
+            pass
+    start = min((i for i in (content.find("{"), content.find("[")) if i >= 0), default=-1)
+    if start >= 0:
+        try:
+            value, _ = json.JSONDecoder().raw_decode(content, start)
+            return value, True
+        except json.JSONDecodeError:
+            pass
+    raise InvalidOutput("the model's output is not valid JSON", stage=VALIDATOR)
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: bytes) -> jsonschema.protocols.Validator:
+    schema = msgspec.json.decode(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def validate(req: ValidateRequest) -> ValidateResult:
+    value, repaired = _parse(req.content)
+    fmt = req.response_format
+    if fmt.type == "json_object" and not isinstance(value, dict):
+        raise InvalidOutput("the model's output is JSON but not an object", stage=VALIDATOR)
+    if fmt.type == "json_schema" and fmt.json_schema is not None:
+        try:
+            validator = _validator(msgspec.json.encode(fmt.json_schema.schema_, order="sorted"))
+        except jsonschema.SchemaError as exc:
+            raise InvalidOutput(f"the request's JSON schema is invalid: {exc.message}", stage=VALIDATOR) from None
+        problems = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))[:MAX_ERRORS]
+        if problems:
+            detail = "; ".join(f"{e.message} at {e.json_path}" for e in problems)
+            raise InvalidOutput(f"the model's output does not match the schema: {detail}", stage=VALIDATOR)
+    content = msgspec.json.encode(value).decode() if repaired else req.content
+    return ValidateResult(outcome="repaired" if repaired else "valid", content=content)

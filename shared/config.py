@@ -1,0 +1,240 @@
+"""One TOML file, decoded by msgspec into typed Structs and cross-checked.
+
+Every error names the file and the bad key (``at `$.deployments.x.timeout_ms```)
+so an operator can fix it without reading code. Unknown keys are errors: a
+typo in a production config must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from shared.schemas.mesh import Deployment
+from shared.schemas.simulator import SimulatorConfig
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class _Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class NatsConfig(_Section):
+    url: str = "nats://127.0.0.1:4222"
+    namespace: str = ""  # prefixes every subject/stream/bucket; "" in production
+
+
+class StagePolicy(_Section):
+    timeout_ms: int = 500
+    on_failure: Literal["open", "closed"] = "closed"
+
+
+class StagesConfig(_Section):
+    router: StagePolicy = StagePolicy(timeout_ms=500, on_failure="closed")
+    cache: StagePolicy = StagePolicy(timeout_ms=200, on_failure="open")
+    budgeter: StagePolicy = StagePolicy(timeout_ms=500, on_failure="closed")
+    validator: StagePolicy = StagePolicy(timeout_ms=1_000, on_failure="closed")
+
+
+class LimitsConfig(_Section):
+    max_request_bytes: int = 1_048_576
+    max_messages: int = 256
+    max_message_chars: int = 200_000
+    max_total_chars: int = 1_000_000
+    max_output_tokens: int = 32_768
+
+
+class GatewayConfig(_Section):
+    default_route: str = "default"
+    request_timeout_ms: int = 60_000  # used when the client sends no deadline
+    max_timeout_ms: int = 600_000  # a client deadline further out is clamped
+    max_in_flight: int = 1_024  # per endpoint per process
+    simulate: Literal["auto", "always", "never"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ProviderConfig(_Section):
+    kind: Literal["openai", "anthropic"]
+    base_url: str | None = None
+    api_key_env: str | None = None  # env var holding the key
+    simulated: bool = False  # served by the built-in simulator
+    profile: str | None = None  # simulator fault profile (simulated providers only)
+
+
+class DeploymentConfig(_Section):
+    provider: str
+    model: str  # the provider's model id
+    timeout_ms: int = 30_000
+
+
+class ModelConfig(_Section):
+    deployments: list[str]
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    context_window: int = 128_000
+    max_output_tokens: int = 4_096
+
+
+class RouteConfig(_Section):
+    models: list[str]
+
+
+class TenantConfig(_Section):
+    daily_budget_usd: float | None = None  # None: no budget
+
+
+class KeyConfig(_Section):
+    id: str
+    tenant: str
+    hash: str  # "sha256:<hex>" of the key; the key itself is never stored
+    routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class CacheConfig(_Section):
+    ttl_s: int = 3_600
+    max_entries: int = 10_000
+
+
+class LockgateConfig(_Section):
+    nats: NatsConfig = NatsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    stages: StagesConfig = StagesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = CacheConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    providers: dict[str, ProviderConfig] = {}
+    deployments: dict[str, DeploymentConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+    tenants: dict[str, TenantConfig] = {}
+    keys: list[KeyConfig] = []
+
+
+def _check(cfg: LockgateConfig) -> None:
+    problems: list[str] = []
+    for name, dep in cfg.deployments.items():
+        if dep.provider not in cfg.providers:
+            problems.append(f"deployments.{name}.provider: unknown provider {dep.provider!r}")
+        if dep.timeout_ms <= 0:
+            problems.append(f"deployments.{name}.timeout_ms: must be positive")
+    for name, model in cfg.models.items():
+        if not model.deployments:
+            problems.append(f"models.{name}.deployments: must list at least one deployment")
+        for dep_name in model.deployments:
+            if dep_name not in cfg.deployments:
+                problems.append(f"models.{name}.deployments: unknown deployment {dep_name!r}")
+    for name, route in cfg.routes.items():
+        if not route.models:
+            problems.append(f"routes.{name}.models: must list at least one model")
+        for model_name in route.models:
+            if model_name not in cfg.models:
+                problems.append(f"routes.{name}.models: unknown model {model_name!r}")
+    if cfg.routes and cfg.gateway.default_route not in cfg.routes:
+        problems.append(f"gateway.default_route: unknown route {cfg.gateway.default_route!r}")
+    for i, key in enumerate(cfg.keys):
+        if key.tenant not in cfg.tenants:
+            problems.append(f"keys[{i}].tenant: unknown tenant {key.tenant!r}")
+        if not key.hash.startswith("sha256:") or len(key.hash) != 7 + 64:
+            problems.append(f"keys[{i}].hash: expected 'sha256:' followed by 64 hex digits")
+    for field in ("request_timeout_ms", "max_timeout_ms", "max_in_flight"):
+        if getattr(cfg.gateway, field) <= 0:
+            problems.append(f"gateway.{field}: must be positive")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def parse(text: str | bytes, source: str = "<config>") -> LockgateConfig:
+    try:
+        cfg = msgspec.toml.decode(text, type=LockgateConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        _check(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def default_text() -> str:
+    return resources.files("shared").joinpath("defaults/lockgate.toml").read_text(encoding="utf-8")
+
+
+def load(path: str | Path | None) -> LockgateConfig:
+    """Load a config file, or the packaged default when ``path`` is None."""
+    if path is None:
+        return parse(default_text(), "default config")
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    return parse(data, str(p))
+
+
+def encode(cfg: LockgateConfig) -> bytes:
+    return msgspec.toml.encode(cfg)
+
+
+# -- provider selection ----------------------------------------------------------------
+def simulation_active(cfg: LockgateConfig, env: Mapping[str, str] | None = None) -> bool:
+    """Whether simulated providers serve: always/never, or auto = no real key is set."""
+    env = os.environ if env is None else env
+    mode = cfg.gateway.simulate
+    if mode != "auto":
+        return mode == "always"
+    return not any(
+        not p.simulated and p.api_key_env and env.get(p.api_key_env) for p in cfg.providers.values()
+    )
+
+
+def provider_enabled(cfg: LockgateConfig, name: str, env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    p = cfg.providers[name]
+    if p.simulated:
+        return simulation_active(cfg, env)
+    if p.api_key_env is None:
+        return True  # e.g. a local vLLM/Ollama server that needs no key
+    return bool(env.get(p.api_key_env)) and cfg.gateway.simulate != "always"
+
+
+def with_simulator_url(cfg: LockgateConfig, url: str) -> LockgateConfig:
+    """Point every simulated provider at a running simulator."""
+
+    def point(p: ProviderConfig) -> ProviderConfig:
+        base = url + (f"/p/{p.profile}" if p.profile else "")
+        # The OpenAI SDK wants the /v1 in its base URL; the Anthropic SDK adds it itself.
+        return msgspec.structs.replace(p, base_url=base + "/v1" if p.kind == "openai" else base)
+
+    providers = {name: point(p) if p.simulated else p for name, p in cfg.providers.items()}
+    return msgspec.structs.replace(cfg, providers=providers)
+
+
+def deployment(cfg: LockgateConfig, model_name: str, dep_name: str) -> Deployment:
+    """The wire form of one deployment of one model."""
+    model = cfg.models[model_name]
+    dep = cfg.deployments[dep_name]
+    prov = cfg.providers[dep.provider]
+    return Deployment(
+        name=dep_name,
+        model=model_name,
+        provider=dep.provider,
+        kind=prov.kind,
+        provider_model=dep.model,
+        base_url=prov.base_url,
+        api_key_env=prov.api_key_env,
+        timeout_ms=dep.timeout_ms,
+        price_in_per_mtok=model.price_in_per_mtok,
+        price_out_per_mtok=model.price_out_per_mtok,
+        context_window=model.context_window,
+        max_output_tokens=model.max_output_tokens,
+    )

@@ -1,0 +1,195 @@
+"""The error hierarchy and its mapping to the one envelope.
+
+A stage raises a ``LockgateError`` subclass; ``shared.bus`` turns it into the
+envelope plus micro's ``Nats-Service-Error``/``-Code`` headers, and the caller's
+``bus.call`` turns it back into the same exception class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+from shared.schemas.errors import ErrorBody, ErrorEnvelope
+
+
+class LockgateError(Exception):
+    """Base class: every error a client can see."""
+
+    type: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    default_retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str = "",
+        retryable: bool | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.stage = stage
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.retry_after_ms = retry_after_ms
+
+    def body(self, request_id: str = "") -> ErrorBody:
+        return ErrorBody(
+            type=self.type,
+            message=self.message,
+            retryable=self.retryable,
+            retry_after_ms=self.retry_after_ms,
+            request_id=request_id,
+            stage=self.stage,
+        )
+
+    def envelope(self, request_id: str = "") -> ErrorEnvelope:
+        return ErrorEnvelope(error=self.body(request_id))
+
+    def header_line(self) -> str:
+        """One short ASCII line for ``Nats-Service-Error``."""
+        line = f"{self.type}: {self.message}".encode("ascii", "replace").decode("ascii")
+        line = line.replace("\r", " ").replace("\n", " ")
+        return line if len(line) <= 200 else line[:197] + "..."
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, stage={self.stage!r})"
+
+
+class InvalidRequest(LockgateError):
+    type = "invalid_request"
+    status = 400
+
+
+class Unauthorized(LockgateError):
+    type = "unauthorized"
+    status = 401
+
+
+class BudgetExceeded(LockgateError):
+    type = "budget_exceeded"
+    status = 402
+
+
+class Forbidden(LockgateError):
+    type = "forbidden"
+    status = 403
+
+
+class NotFound(LockgateError):
+    """A model or route that does not exist (an invalid request, 404-class)."""
+
+    type = "invalid_request"
+    status = 404
+
+
+class ContextTooLong(LockgateError):
+    type = "context_too_long"
+    status = 400
+
+
+class BlockedInput(LockgateError):
+    type = "blocked_input"
+    status = 400
+
+
+class BlockedOutput(LockgateError):
+    type = "blocked_output"
+    status = 422
+
+
+class InvalidOutput(LockgateError):
+    type = "invalid_output"
+    status = 422
+
+
+class RateLimited(LockgateError):
+    type = "rate_limited"
+    status = 429
+    default_retryable = True
+
+
+class UpstreamError(LockgateError):
+    type = "upstream_error"
+    status = 502
+    default_retryable = True
+
+
+class UpstreamUnavailable(LockgateError):
+    type = "upstream_unavailable"
+    status = 503
+    default_retryable = True
+
+
+class StageUnavailable(LockgateError):
+    type = "stage_unavailable"
+    status = 503
+    default_retryable = True
+
+
+class DeadlineExceeded(LockgateError):
+    type = "deadline_exceeded"
+    status = 504
+    default_retryable = True
+
+
+class Internal(LockgateError):
+    type = "internal"
+    status = 500
+
+
+_BY_TYPE: dict[str, type[LockgateError]] = {
+    cls.type: cls
+    for cls in (
+        InvalidRequest,
+        Unauthorized,
+        BudgetExceeded,
+        Forbidden,
+        ContextTooLong,
+        BlockedInput,
+        BlockedOutput,
+        InvalidOutput,
+        RateLimited,
+        UpstreamError,
+        UpstreamUnavailable,
+        StageUnavailable,
+        DeadlineExceeded,
+        Internal,
+    )
+}
+ERROR_TYPES: tuple[str, ...] = tuple(_BY_TYPE)
+
+
+def from_body(body: ErrorBody, status: int | None = None) -> LockgateError:
+    """Rebuild the typed exception a stage raised (unknown types become Internal)."""
+    cls = _BY_TYPE.get(body.type, Internal)
+    if cls is InvalidRequest and status == 404:
+        cls = NotFound
+    return cls(
+        body.message,
+        stage=body.stage,
+        retryable=body.retryable,
+        retry_after_ms=body.retry_after_ms,
+    )
+
+
+_envelope_decoder = msgspec.json.Decoder(ErrorEnvelope)
+
+
+def from_reply(data: bytes, code: str | None, line: str | None, stage: str) -> LockgateError:
+    """Decode an error reply; a reply without our envelope still yields an error."""
+    status = int(code) if code and code.isdigit() else None
+    try:
+        return from_body(_envelope_decoder.decode(data).error, status)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return Internal(line or f"stage replied with error code {code}", stage=stage)
+
+
+def validation_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
+    """msgspec's message with its JSON path, e.g. ``Expected `str`... - at `$.messages[0]```."""
+    text = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return f"body is not valid JSON: {text}"
+    return text

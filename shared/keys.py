@@ -1,0 +1,93 @@
+"""API keys: stored only as hashes, resolved to a principal (tenant, routes).
+
+Keys come from the config (``[[keys]]``, hashed) and from the JetStream KV
+bucket (``lockgate up`` registers the dev key there; ``lockgate keys`` will
+manage it). Lookups are cached in process for a short time so the hot path
+does not read KV on every request; a revoked key stops working within the TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+import msgspec
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from shared.config import LockgateConfig
+from shared.errors import Unauthorized
+
+KEY_PREFIX = "lg-"
+
+
+class Principal(msgspec.Struct, kw_only=True, frozen=True):
+    key_id: str
+    tenant: str
+    routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+    def may_use(self, name: str) -> bool:
+        return "*" in self.routes or name in self.routes
+
+
+def generate() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+def hash_key(key: str) -> str:
+    """Keys are 192-bit random tokens, so a plain SHA-256 is a safe one-way store."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", stage="guard")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'", stage="guard")
+    return token.strip()
+
+
+_principal_decoder = msgspec.json.Decoder(Principal)
+
+
+class KeyStore:
+    def __init__(self, config: LockgateConfig, bucket: KeyValue | None, *, ttl_s: float = 5.0) -> None:
+        self._static = {k.hash: Principal(key_id=k.id, tenant=k.tenant, routes=list(k.routes)) for k in config.keys}
+        self._bucket = bucket
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def resolve(self, authorization: str | None) -> Principal:
+        digest = hash_key(bearer(authorization))
+        found = self._static.get(digest)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            principal = cached[1]
+        else:
+            principal = await self._lookup(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._ttl_s, principal)
+        if principal is None:
+            raise Unauthorized("invalid API key", stage="guard")
+        return principal
+
+    async def _lookup(self, digest: str) -> Principal | None:
+        if self._bucket is None:
+            return None
+        try:
+            entry = await self._bucket.get(digest.replace(":", "_"))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return _principal_decoder.decode(entry.value)
+
+
+async def register(bucket: KeyValue, key: str, principal: Principal) -> None:
+    await bucket.put(hash_key(key).replace(":", "_"), msgspec.json.encode(principal))

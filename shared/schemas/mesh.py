@@ -1,0 +1,105 @@
+"""Internal stage contracts: one typed input and one typed reply per operation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from shared.schemas.chat import Attempt, ChatRequest, ResponseFormat, ToolCall, Usage
+
+
+class Deployment(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One place a model can be served: a provider endpoint plus its model id."""
+
+    name: str
+    model: str  # the gateway's model name (what clients ask for)
+    provider: str
+    kind: Literal["openai", "anthropic"]
+    provider_model: str  # the id the provider knows
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_ms: int = 30_000
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+    context_window: int = 128_000
+    max_output_tokens: int = 4_096
+
+
+# -- router ----------------------------------------------------------------------------
+class RouteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    model: str | None = None
+    route: str | None = None
+
+
+class RoutePlan(msgspec.Struct, kw_only=True, frozen=True):
+    route: str
+    candidates: list[Deployment]
+
+
+# -- budgeter --------------------------------------------------------------------------
+class ReserveRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    tenant: str
+    user: str = ""
+    amount_usd: float
+
+
+class Reservation(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    reservation_id: str
+    amount_usd: float
+    window: str = ""  # the budget window the amount was reserved in ("" = no budget)
+    remaining_usd: float | None = None
+
+
+# -- cache -----------------------------------------------------------------------------
+class CachedCompletion(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What the cache keeps of a completion: enough to answer again."""
+
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+    finish_reason: str | None = "stop"
+    model: str
+    usage: Usage = Usage()
+    deployment: str = ""
+
+
+class CacheLookup(msgspec.Struct, kw_only=True, frozen=True):
+    tenant: str
+    key: str
+
+
+class CacheResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    hit: Literal["", "exact", "semantic"] = ""
+    completion: CachedCompletion | None = None
+
+
+# -- executor --------------------------------------------------------------------------
+class ExecuteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    request: ChatRequest
+    candidates: list[Deployment]
+    response_id: str
+    stream_inbox: str | None = None  # publish chunks here (the client's inbox)
+
+
+class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+    finish_reason: str | None = None
+    usage: Usage = Usage()
+    model: str
+    deployment: str
+    provider: str
+    attempts: list[Attempt] = []
+    chunks: int = 0
+    cost_usd: float = 0.0
+
+
+# -- validator -------------------------------------------------------------------------
+class ValidateRequest(msgspec.Struct, kw_only=True, frozen=True):
+    content: str
+    response_format: ResponseFormat
+
+
+class ValidateResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    outcome: Literal["valid", "repaired"]
+    content: str

@@ -1,0 +1,106 @@
+"""Every subject, stream, bucket and micro-service name in one place.
+
+A ``Names`` instance carries an optional namespace so that several meshes can
+share one NATS deployment (tests run one mesh per test on a single server; a
+staging and a production mesh can share a cluster). With the empty namespace
+the names are exactly the ones in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# Stage names: micro service names, log field values, the `stage` of an error.
+GUARD: Final = "guard"
+ROUTER: Final = "router"
+BUDGETER: Final = "budgeter"
+CACHE: Final = "cache"
+EXECUTOR: Final = "executor"
+VALIDATOR: Final = "validator"
+AUDITOR: Final = "auditor"
+STAGES: Final = (GUARD, ROUTER, BUDGETER, CACHE, EXECUTOR, VALIDATOR, AUDITOR)
+
+# Operations (micro endpoint names) per stage.
+OP_ROUTE: Final = "route"
+OP_RESERVE: Final = "reserve"
+OP_LOOKUP: Final = "lookup"
+OP_EXECUTE: Final = "execute"
+OP_VALIDATE: Final = "validate"
+
+# Event kinds on events.v1.<kind>.<tenant>.
+EV_USAGE: Final = "usage"
+EV_COMPLETION: Final = "completion"
+EV_BREAKER: Final = "breaker"
+EV_ALERT: Final = "alert"
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Subject, stream and bucket names for one mesh (one namespace)."""
+
+    namespace: str = ""
+
+    def _s(self, subject: str) -> str:
+        return f"{self.namespace}.{subject}" if self.namespace else subject
+
+    def _upper(self, name: str) -> str:
+        return f"{self.namespace.upper()}_{name}" if self.namespace else name
+
+    # -- public API subjects (clients publish here) ---------------------------------
+    @property
+    def chat(self) -> str:
+        return self._s("llm.v1.chat")
+
+    @property
+    def models(self) -> str:
+        return self._s("llm.v1.models")
+
+    @property
+    def public_prefix(self) -> str:
+        return self._s("llm.v1")
+
+    # -- internal request/reply: mesh.v1.<stage>.<op> -------------------------------
+    def mesh_group(self, stage: str) -> str:
+        return self._s(f"mesh.v1.{stage}")
+
+    def mesh(self, stage: str, op: str) -> str:
+        return f"{self.mesh_group(stage)}.{op}"
+
+    # -- events (JetStream stream EVENTS) --------------------------------------------
+    def event(self, kind: str, tenant: str) -> str:
+        return self._s(f"events.v1.{kind}.{tenant}")
+
+    def events_of(self, kind: str) -> str:
+        return self._s(f"events.v1.{kind}.*")
+
+    @property
+    def events_all(self) -> str:
+        return self._s("events.v1.>")
+
+    # -- audit (JetStream stream AUDIT) ----------------------------------------------
+    def audit(self, tenant: str, kind: str) -> str:
+        return self._s(f"audit.v1.{tenant}.{kind}")
+
+    def audit_of(self, tenant: str | None = None) -> str:
+        return self._s(f"audit.v1.{tenant}.>") if tenant else self._s("audit.v1.>")
+
+    # -- streams, consumers and buckets ----------------------------------------------
+    @property
+    def events_stream(self) -> str:
+        return self._upper("EVENTS")
+
+    @property
+    def audit_stream(self) -> str:
+        return self._upper("AUDIT")
+
+    def consumer(self, stage: str, purpose: str) -> str:
+        return f"{stage}-{purpose}"
+
+    @property
+    def keys_bucket(self) -> str:
+        return self._upper("LOCKGATE_KEYS")
+
+    @property
+    def budgets_bucket(self) -> str:
+        return self._upper("LOCKGATE_BUDGETS")
