@@ -5,7 +5,10 @@ from __future__ import annotations
 import msgspec
 
 
-class ErrorBody(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class ErrorBody(msgspec.Struct, kw_only=True, frozen=True):
+    """Every field is always on the wire (``retryable: false``, ``retry_after_ms: null``):
+    clients in any language branch on them without guessing what a missing key means."""
+
     type: str
     message: str
     retryable: bool = False
