@@ -78,8 +78,12 @@ class Forbidden(LockgateError):
     status = 403
 
 
-class NotFound(LockgateError):
-    """A model or route that does not exist (an invalid request, 404-class)."""
+class NotFound(InvalidRequest):
+    """A model or route that does not exist (an invalid request, 404-class).
+
+    A subclass of ``InvalidRequest`` so that ``except InvalidRequest`` catches
+    every error whose ``type`` is ``invalid_request``.
+    """
 
     type = "invalid_request"
     status = 404
