@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from shared import config as cfgmod
 from shared.config import LockgateConfig
-from shared.errors import NotFound, UpstreamUnavailable
+from shared.errors import InvalidRequest, NotFound, UpstreamUnavailable
 from shared.keys import Principal
 from shared.schemas.chat import ModelInfo, ModelList
 from shared.schemas.mesh import Deployment, RoutePlan, RouteRequest
@@ -32,6 +32,17 @@ class RouteTable:
     def plan(self, req: RouteRequest) -> RoutePlan:
         if req.model:
             if req.model in self.by_model:
+                if req.route:
+                    # The route names the plan (and what a key's access is checked against), so the
+                    # model must be one of the route's: a route label must not unlock other models.
+                    if req.route not in self.routes:
+                        raise NotFound(self._unknown_route(req.route), stage=ROUTER)
+                    if req.model not in self.routes[req.route]:
+                        raise InvalidRequest(
+                            f"model {req.model!r} is not in route {req.route!r} "
+                            f"(its models: {', '.join(self.routes[req.route])})",
+                            stage=ROUTER,
+                        )
                 return self._plan(req.route or req.model, [req.model])
             if req.model in self.routes:  # a route may be asked for by name in `model`
                 return self._plan(req.model, self.routes[req.model])
@@ -40,8 +51,11 @@ class RouteTable:
             )
         name = req.route or self.default_route
         if name not in self.routes:
-            raise NotFound(f"unknown route {name!r}; known routes: {', '.join(sorted(self.routes))}", stage=ROUTER)
+            raise NotFound(self._unknown_route(name), stage=ROUTER)
         return self._plan(name, self.routes[name])
+
+    def _unknown_route(self, name: str) -> str:
+        return f"unknown route {name!r}; known routes: {', '.join(sorted(self.routes))}"
 
     def _plan(self, route: str, models: list[str]) -> RoutePlan:
         candidates = [d for m in models for d in self.by_model[m]]
