@@ -50,6 +50,7 @@ class Executor:
                     stage=EXECUTOR,
                 )
             timeout_s = min(dep.timeout_ms / 1000.0, budget_s)
+            cut_by_deadline = timeout_s < dep.timeout_ms / 1000.0
             t0 = time.perf_counter()
             try:
                 result = await self._attempt(req, dep, timeout_s, ctx)
@@ -60,6 +61,11 @@ class Executor:
                 err = providers.classify(exc, dep)
                 attempts.append(self._failed(dep, t0, err))
                 log.info("attempt_failed", deployment=dep.name, error_type=err.type, error=err.message)
+                if cut_by_deadline and providers.is_timeout(exc):
+                    # Not the deployment's fault: the request's deadline is what ran out.
+                    raise DeadlineExceeded(
+                        f"deadline passed during attempt {len(attempts)} (deployment {dep.name})", stage=EXECUTOR
+                    ) from None
                 if not err.retryable and err.type in ("invalid_request", "context_too_long"):
                     raise err from None  # the request itself is wrong: another provider will not help
                 last = err

@@ -84,11 +84,16 @@ def classify(exc: BaseException, dep: Deployment) -> LockgateError:
         if status in (400, 422):
             return InvalidRequest(f"{where} rejected the request: {message}", stage=EXECUTOR)
         return UpstreamError(f"{where} answered HTTP {status}: {message}", stage=EXECUTOR)
-    if isinstance(exc, TimeoutError | openai.APITimeoutError | anthropic.APITimeoutError):
+    if is_timeout(exc):
         return UpstreamError(f"{where} timed out", stage=EXECUTOR)
     if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
         return UpstreamError(f"{where} is unreachable", stage=EXECUTOR)
     return UpstreamError(f"{where} sent a malformed answer ({type(exc).__name__})", stage=EXECUTOR)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether an attempt ended because its time ran out (our timer or the SDK's)."""
+    return isinstance(exc, TimeoutError | openai.APITimeoutError | anthropic.APITimeoutError)
 
 
 def _provider_message(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:
