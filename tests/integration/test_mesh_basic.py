@@ -31,7 +31,7 @@ def ask(text: str, **kw: Any) -> ChatRequest:
 _UNSET = object()
 
 
-async def raw_chat(mesh: Mesh, body: bytes, *, auth: str | None | object = _UNSET, timeout_s: float = 10.0) -> Msg:
+async def raw_chat(mesh: Mesh, body: bytes, *, auth: str | object | None = _UNSET, timeout_s: float = 10.0) -> Msg:
     """A plain nats-py request to ``llm.v1.chat``; ``auth=None`` sends no Authorization header."""
     h = {
         headers.REQUEST_ID: f"raw-{time.monotonic_ns()}",
@@ -59,10 +59,13 @@ def error_of(msg: Msg, expected_type: str) -> ErrorBody:
     assert body.stage
     assert body.request_id == h.get(headers.REQUEST_ID, body.request_id)
     code = h[headers.SERVICE_ERROR_CODE]
-    assert code.isdigit() and 400 <= int(code) < 600
+    assert code.isdigit()
+    assert 400 <= int(code) < 600
     line = h[headers.SERVICE_ERROR]
     assert line.startswith(f"{body.type}: ")
-    assert line.isascii() and "\n" not in line and len(line) <= 200
+    assert line.isascii()
+    assert "\n" not in line
+    assert len(line) <= 200
     return body
 
 

@@ -49,9 +49,11 @@ async def test_plain_reply_through_each_sdk(mesh: Mesh, model: str, deployment: 
     reply = await mesh.client.chat(ask("Tell me about canals", model=model))
     assert reply.model == model
     text = reply.choices[0].message.content
-    assert text is not None and text.startswith("Simulated reply:")
+    assert text is not None
+    assert text.startswith("Simulated reply:")
     assert reply.choices[0].finish_reason == "stop"
-    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert reply.usage.prompt_tokens > 0
+    assert reply.usage.completion_tokens > 0
     assert reply.lockgate.deployment == deployment
     assert reply.lockgate.provider == provider
     assert reply.lockgate.fallbacks == 0
@@ -90,7 +92,8 @@ async def test_stream_chunks_arrive_numbered_in_order_then_one_done(
     assert kinds.count(headers.EVENT_DONE) == 1
     assert headers.EVENT_ERROR not in kinds
     chunk_msgs = msgs[:-1]
-    assert chunk_msgs and all(k == headers.EVENT_CHUNK for k in kinds[:-1])
+    assert chunk_msgs
+    assert all(k == headers.EVENT_CHUNK for k in kinds[:-1])
     assert [int(m.headers[headers.SEQ]) for m in chunk_msgs] == list(range(len(chunk_msgs)))
     rid = {m.headers[headers.REQUEST_ID] for m in msgs}
     assert len(rid) == 1  # every event names the same request

@@ -54,47 +54,45 @@ BAD_INPUTS = [
         body({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
         "$.temperature",
         id="temperature-string",
-    ),  # fmt: skip
+    ),
     pytest.param(body({"messages": [{"role": "user", "content": 7}]}), "$.messages[0].content", id="content-int"),
     pytest.param(body({"model": "gpt-4o-mini"}), "messages", id="missing-messages"),
     pytest.param(body([1, 2, 3]), "expected `object`", id="json-array"),
     pytest.param(body({"messages": []}), "at least one message", id="empty-messages"),
     pytest.param(body({"messages": [{"role": "user", "content": ""}]}), "messages[0].content", id="empty-content"),
     pytest.param(body({"messages": [{"role": "user", "content": " \n\t "}]}), "whitespace", id="blank-content"),
-    pytest.param(
-        body({"messages": [{"role": "wizard", "content": "hi"}]}), "unknown role 'wizard'", id="unknown-role"
-    ),  # fmt: skip
+    pytest.param(body({"messages": [{"role": "wizard", "content": "hi"}]}), "unknown role 'wizard'", id="unknown-role"),
     pytest.param(body({"messages": [{"role": "user", "content": "a\u0000b"}]}), "nul", id="nul-char"),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}), "temperature", id="temperature-range"
-    ),  # fmt: skip
+    ),
     pytest.param(body({"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}), "top_p", id="top-p-range"),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}), "max_tokens", id="max-tokens-zero"
-    ),  # fmt: skip
+    ),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**7}), "max_tokens", id="max-tokens-huge"
-    ),  # fmt: skip
+    ),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "xml"}}),
         "$.response_format.type",
         id="response-format-type",
-    ),  # fmt: skip
+    ),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}}),
         "json_schema",
         id="json-schema-missing",
-    ),  # fmt: skip
+    ),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "lockgate": {"cache": "maybe"}}),
         "$.lockgate.cache",
         id="lockgate-cache-value",
-    ),  # fmt: skip
+    ),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "lockgate": {"max_latency_ms": 0}}),
         "max_latency_ms",
         id="max-latency-zero",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -131,11 +129,13 @@ async def test_payload_over_the_size_limit_is_refused(mesh: Mesh) -> None:
     big = bus.encode(ask("x" * (limit + 10), model="gpt-4o-mini"))
     assert len(big) > limit
     err = error_of(await raw_chat(mesh, big), "invalid_request")
-    assert f"{len(big)} bytes" in err.message and str(limit) in err.message
+    assert f"{len(big)} bytes" in err.message
+    assert str(limit) in err.message
     # Just under the size limit but over the per-message character limit: a different message.
     chars = mesh.config.limits.max_message_chars + 1
     err = error_of(await raw_chat(mesh, bus.encode(ask("y" * chars))), "invalid_request")
-    assert "messages[0].content" in err.message and str(chars) in err.message
+    assert "messages[0].content" in err.message
+    assert str(chars) in err.message
     reply = await mesh.client.chat(ask("Still there?", model="gpt-4o-mini"))
     assert reply.choices[0].message.content
 
@@ -190,7 +190,8 @@ async def test_route_label_cannot_smuggle_another_model(mesh: Mesh) -> None:
     )
     msg = await raw_chat(mesh, bus.encode(req), auth=f"Bearer {key}")
     err = error_of(msg, "invalid_request")
-    assert "claude-3-5-haiku" in err.message and "cheap" in err.message
+    assert "claude-3-5-haiku" in err.message
+    assert "cheap" in err.message
 
 
 async def test_key_limited_to_a_model(mesh: Mesh) -> None:
