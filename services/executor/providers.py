@@ -190,10 +190,8 @@ def _anthropic_kwargs(req: ChatRequest, dep: Deployment) -> dict[str, Any]:
     }
     if system:
         kw["system"] = system
-    if req.temperature is not None:
-        kw["temperature"] = min(req.temperature, 1.0)  # Anthropic's range is [0, 1]
-    if req.top_p is not None:
-        kw["top_p"] = req.top_p
+    # No temperature/top_p: the Messages API version the anthropic 2.x SDK speaks refuses any
+    # sampling parameter (and the SDK no longer accepts them), so they cannot be forwarded.
     if req.stop is not None:
         kw["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     return kw
