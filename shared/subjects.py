@@ -8,6 +8,7 @@ the names are exactly the ones in DESIGN.md.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +34,15 @@ EV_USAGE: Final = "usage"
 EV_COMPLETION: Final = "completion"
 EV_BREAKER: Final = "breaker"
 EV_ALERT: Final = "alert"
+
+
+ANONYMOUS: Final = "_anonymous"  # the tenant token of a request refused before its key resolved
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def token(value: str) -> str:
+    """A value (a tenant) made safe as exactly one subject token: never empty, no ``.``, ``*``, ``>``."""
+    return _NOT_TOKEN.sub("_", value)[:64] or ANONYMOUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +79,7 @@ class Names:
 
     # -- events (JetStream stream EVENTS) --------------------------------------------
     def event(self, kind: str, tenant: str) -> str:
-        return self._s(f"events.v1.{kind}.{tenant}")
+        return self._s(f"events.v1.{kind}.{token(tenant)}")
 
     def events_of(self, kind: str) -> str:
         return self._s(f"events.v1.{kind}.*")
@@ -80,10 +90,10 @@ class Names:
 
     # -- audit (JetStream stream AUDIT) ----------------------------------------------
     def audit(self, tenant: str, kind: str) -> str:
-        return self._s(f"audit.v1.{tenant}.{kind}")
+        return self._s(f"audit.v1.{token(tenant)}.{kind}")
 
     def audit_of(self, tenant: str | None = None) -> str:
-        return self._s(f"audit.v1.{tenant}.>") if tenant else self._s("audit.v1.>")
+        return self._s(f"audit.v1.{token(tenant)}.>") if tenant else self._s("audit.v1.>")
 
     # -- streams, consumers and buckets ----------------------------------------------
     @property
