@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 import msgspec
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,6 +24,7 @@ from nats.aio.subscription import Subscription
 
 from shared import bus, errors, headers
 from shared.headers import new_id, now_ms
+from shared.runtime import connect_once
 from shared.schemas.chat import ChatChunk, ChatRequest, ChatResponse, ModelList, StreamDone
 from shared.subjects import GUARD, Names
 
@@ -81,7 +81,9 @@ class ChatStream:
                 # Chunks come from the executor, `done` from the guard: give late chunks a moment.
                 end = min(end, loop.time() + 2.0)
             else:
-                raise errors.from_reply(msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), GUARD)
+                raise errors.from_reply(
+                    msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), GUARD
+                )
 
 
 class LockgateClient:
@@ -93,7 +95,7 @@ class LockgateClient:
 
     @classmethod
     async def connect(cls, url: str, api_key: str, *, namespace: str = "") -> LockgateClient:
-        nc = await nats.connect(url, name="lockgate-client")
+        nc = await connect_once(url, "lockgate-client")
         return cls(nc, api_key, names=Names(namespace), owns_connection=True)
 
     async def __aenter__(self) -> LockgateClient:
@@ -144,7 +146,9 @@ class LockgateClient:
             await queue.put(msg)
 
         sub = await self.nc.subscribe(inbox, cb=on_msg)
-        await self.nc.publish(self.names.chat, bus.encode(req), reply=inbox, headers=self._headers(timeout_s, request_id))
+        await self.nc.publish(
+            self.names.chat, bus.encode(req), reply=inbox, headers=self._headers(timeout_s, request_id)
+        )
         return ChatStream(queue, timeout_s + 1.0, sub)
 
     async def models(self, *, timeout_s: float = 5.0) -> ModelList:
@@ -153,4 +157,3 @@ class LockgateClient:
         if headers.SERVICE_ERROR_CODE in h:
             raise errors.from_reply(msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), "router")
         return msgspec.json.decode(msg.data, type=ModelList)
-

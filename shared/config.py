@@ -181,8 +181,17 @@ def load(path: str | Path | None) -> LockgateConfig:
     return parse(data, str(p))
 
 
+def _drop_none(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
 def encode(cfg: LockgateConfig) -> bytes:
-    return msgspec.toml.encode(cfg)
+    """TOML text that ``parse`` reads back to the same config (TOML has no null: None is the default)."""
+    return msgspec.toml.encode(_drop_none(msgspec.to_builtins(cfg)))
 
 
 # -- provider selection ----------------------------------------------------------------
@@ -192,9 +201,7 @@ def simulation_active(cfg: LockgateConfig, env: Mapping[str, str] | None = None)
     mode = cfg.gateway.simulate
     if mode != "auto":
         return mode == "always"
-    return not any(
-        not p.simulated and p.api_key_env and env.get(p.api_key_env) for p in cfg.providers.values()
-    )
+    return not any(not p.simulated and p.api_key_env and env.get(p.api_key_env) for p in cfg.providers.values())
 
 
 def provider_enabled(cfg: LockgateConfig, name: str, env: Mapping[str, str] | None = None) -> bool:

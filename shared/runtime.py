@@ -76,6 +76,29 @@ async def connect(url: str, name: str) -> Client:
     )
 
 
+class NatsUnreachable(Exception):
+    """The CLI could not reach NATS; the message says where it tried."""
+
+
+async def connect_once(url: str, name: str, timeout_s: float = 3.0) -> Client:
+    """A connection for a command-line tool: fail fast and clearly, no reconnect noise."""
+
+    async def quiet(_: Exception) -> None:
+        return None
+
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=timeout_s, max_reconnect_attempts=1, reconnect_time_wait=0.1,
+            allow_reconnect=False,
+            error_cb=quiet,
+        )  # fmt: skip
+    except Exception as exc:
+        where = url.rsplit("@", 1)[-1]
+        raise NatsUnreachable(
+            f"cannot reach NATS at {where} ({type(exc).__name__}); is `lockgate up` running?"
+        ) from None
+
+
 def install_uvloop() -> None:
     try:
         import uvloop  # noqa: PLC0415 - optional at import time (not on Windows)

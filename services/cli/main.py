@@ -1,0 +1,180 @@
+"""The `lockgate` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared.config import ConfigError
+from shared.runtime import NatsUnreachable, install_uvloop
+
+app = typer.Typer(
+    name="lockgate",
+    help="Lockgate: a production gateway for LLM calls, as a microservice mesh over NATS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="Read the durable audit stream.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+NatsUrl = Annotated[str, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS server URL.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar="LOCKGATE_CONFIG", help="TOML config (default: built-in).")
+]
+Namespace = Annotated[str, typer.Option("--namespace", help="Subject namespace of the mesh ('' in production).")]
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> None:
+    install_uvloop()
+    try:
+        code = asyncio.run(coro)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        code = 2
+    except NatsUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 3
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    config: ConfigOpt = None,
+    dev_key: Annotated[
+        str | None, typer.Option("--dev-key", help="API key for the dev tenant (default: generate one).")
+    ] = None,
+    split: Annotated[bool, typer.Option("--split", help="Run each service as its own process.")] = False,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where nats-server keeps JetStream data.")] = Path(
+        ".lockgate"
+    ),
+    nats_port: Annotated[int, typer.Option("--nats-port", help="NATS port (-1: pick a free one).")] = -1,
+    simulator_url: Annotated[
+        str | None, typer.Option("--simulator-url", help="Use this running simulator instead of starting one.")
+    ] = None,
+) -> None:
+    """Run the whole mesh on the embedded default: nats-server, simulator, all services.
+
+    Prints NATS_URL=, SIMULATOR_URL=, LOCKGATE_API_KEY= and then READY= lines on
+    stdout (logs go to stderr). Ctrl-C or SIGTERM stops everything it started.
+    """
+    from services.cli import up as up_mod  # noqa: PLC0415 - keep `lockgate --help` fast
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _run(
+        up_mod.run(
+            up_mod.UpOptions(
+                config_path=config,
+                dev_key=dev_key,
+                split=split,
+                data_dir=data_dir,
+                nats_port=nats_port,
+                simulator_url=simulator_url,
+            )  # fmt: skip
+        )
+    )
+
+
+@app.command()
+def serve(
+    service: Annotated[
+        str, typer.Argument(help="guard, router, budgeter, cache, executor, validator, auditor or simulator.")
+    ],
+    nats_url: Annotated[
+        str | None, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS URL (default: the config's).")
+    ] = None,
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option("--host", help="simulator only: interface to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option("--port", help="simulator only: port (0: any free port).")] = None,
+) -> None:
+    """Run one service against an existing NATS (what each compose container runs)."""
+    from services.cli import serve as serve_mod  # noqa: PLC0415
+    from services.registry import SERVICES  # noqa: PLC0415
+
+    if service not in SERVICES and service != "simulator":
+        typer.echo(f"unknown service {service!r}; choose one of: {', '.join([*SERVICES, 'simulator'])}", err=True)
+        raise typer.Exit(2)
+    _run(serve_mod.run(service, nats_url, config, host, port))
+
+
+@app.command()
+def chat(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model or route (default: default route).")] = None,
+    json_schema: Annotated[
+        Path | None, typer.Option("--json-schema", help="File with a JSON Schema the answer must match.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Also print the lockgate block.")] = False,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    api_key: Annotated[str, typer.Option("--api-key", envvar="LOCKGATE_API_KEY", help="Your Lockgate API key.")] = "",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the answer.")] = 60.0,
+) -> None:
+    """Send one chat request over NATS and print the answer."""
+    from services.cli import chat as chat_mod  # noqa: PLC0415
+
+    if not api_key:
+        typer.echo("no API key: pass --api-key or set LOCKGATE_API_KEY (lockgate up prints one)", err=True)
+        raise typer.Exit(2)
+    try:
+        req = chat_mod.build_request(
+            prompt, model=model, stream=stream, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot read --json-schema: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _run(chat_mod.run(nats_url, api_key, req, verbose=verbose, timeout_s=timeout))
+
+
+@audit_app.command("tail")
+def audit_tail(
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's records.")] = None,
+    from_start: Annotated[bool, typer.Option("--from-start/--new", help="Replay from the start of the stream.")] = True,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f", help="Keep following new records.")] = True,
+    namespace: Namespace = "",
+) -> None:
+    """Print audit records as JSON lines (one per request)."""
+    from services.cli import audit as audit_mod  # noqa: PLC0415
+
+    _run(audit_mod.tail(nats_url, tenant=tenant, namespace=namespace, from_start=from_start, follow=follow))
+
+
+@app.command()
+def status(nats_url: NatsUrl = "nats://127.0.0.1:4222") -> None:
+    """List the services answering $SRV.PING with their request and error counts."""
+    from services.cli import status as status_mod  # noqa: PLC0415
+
+    _run(status_mod.run(nats_url))
+
+
+@app.command()
+def bench(
+    requests: Annotated[int, typer.Option("-n", "--requests", help="Requests per run.")] = 2000,
+    concurrency: Annotated[
+        list[int] | None, typer.Option("-c", "--concurrency", help="Concurrency levels (repeatable).")
+    ] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Streamed requests.")] = False,
+) -> None:
+    """Measure the mesh against the simulator directly, in the same run (see README)."""
+    from services.cli import bench as bench_mod  # noqa: PLC0415
+
+    _run(bench_mod.run(requests, concurrency or [1, 32], stream=stream))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)
