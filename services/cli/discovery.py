@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 from nats.aio.client import Client
@@ -21,10 +22,8 @@ async def ping_all(nc: Client, window_s: float = 0.3) -> list[Ping]:
     inbox = nc.new_inbox()
 
     async def on_reply(msg: Msg) -> None:
-        try:
+        with contextlib.suppress(msgspec.DecodeError):
             replies.append(msgspec.json.decode(msg.data, type=Ping))
-        except msgspec.DecodeError:
-            pass
 
     sub = await nc.subscribe(inbox, cb=on_reply)
     await nc.publish("$SRV.PING", b"", reply=inbox)

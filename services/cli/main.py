@@ -78,7 +78,7 @@ def up(
                 data_dir=data_dir,
                 nats_port=nats_port,
                 simulator_url=simulator_url,
-            )  # fmt: skip
+            )
         )
     )
 

@@ -93,7 +93,7 @@ async def run(opts: UpOptions) -> int:
         if opts.split:
             waiters = [asyncio.create_task(c.wait()) for c in children]
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            _done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             if not stop.is_set():
                 log.error("service_process_exited", pids=[c.pid for c in children if c.returncode is not None])
