@@ -56,8 +56,14 @@ class Running:
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
+            # One cancel is not always enough: on Python 3.11 asyncio.wait_for (inside nats-py's
+            # fetch) swallows a cancellation that races an arriving message, and the loop runs on.
+            while not t.done():
+                await asyncio.wait({t}, timeout=0.2)
+                if not t.done():
+                    t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                t.result()
         for fn in reversed(self.cleanups):
             with contextlib.suppress(Exception):
                 await fn()
