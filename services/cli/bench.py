@@ -49,7 +49,7 @@ class Result:
         xs = sorted(self.latencies_ms)
         if not xs:
             return float("nan")
-        return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+        return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
     @property
     def rps(self) -> float:
