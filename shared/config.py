@@ -8,6 +8,7 @@ typo in a production config must not be silently ignored.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -151,11 +152,41 @@ def _check(cfg: LockgateConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
+_TABLES: dict[str, type[_Section]] = {
+    "providers": ProviderConfig,
+    "deployments": DeploymentConfig,
+    "models": ModelConfig,
+    "routes": RouteConfig,
+    "tenants": TenantConfig,
+}
+
+
+def _locate(text: str | bytes, exc: msgspec.ValidationError) -> str:
+    """msgspec writes a table entry as ``$.providers[...]``; name the entry (``$.providers.p.kind``)."""
+    message = str(exc)
+    m = re.search(r"`\$\.(\w+)\[\.\.\.\]", message)
+    if m is None or m.group(1) not in _TABLES:
+        return message
+    section = m.group(1)
+    try:
+        entries = msgspec.toml.decode(text).get(section)
+    except (msgspec.DecodeError, AttributeError):
+        return message
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        try:
+            msgspec.convert(entry, _TABLES[section])
+        except msgspec.ValidationError as inner:
+            where = f"$.{section}.{name}"
+            detail = str(inner)
+            return detail.replace("`$", f"`{where}", 1) if " - at `$" in detail else f"{detail} - at `{where}`"
+    return message
+
+
 def parse(text: str | bytes, source: str = "<config>") -> LockgateConfig:
     try:
         cfg = msgspec.toml.decode(text, type=LockgateConfig)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {_locate(text, exc)}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:
