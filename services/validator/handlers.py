@@ -19,25 +19,59 @@ MAX_ERRORS = 5
 
 
 def _parse(content: str) -> tuple[Any, bool]:
-    """The JSON value and whether it had to be repaired (fences, prose around it)."""
+    """The JSON value and whether it had to be repaired (fences, prose around it, trailing commas)."""
     try:
         return msgspec.json.decode(content), False
     except msgspec.DecodeError:
         pass
+    for text in _candidates(content):
+        for attempt in (text, _without_trailing_commas(text)):
+            try:
+                value, _ = _json.raw_decode(attempt)
+                return value, True
+            except json.JSONDecodeError:
+                pass
+    raise InvalidOutput("the model's output is not valid JSON", stage=VALIDATOR)
+
+
+_json = json.JSONDecoder()
+
+
+def _candidates(content: str) -> list[str]:
+    """Where the JSON may be: inside a code fence, or from the first ``{``/``[`` on (prose around it)."""
+    found = []
     m = _FENCE.search(content)
     if m:
-        try:
-            return msgspec.json.decode(m.group(1).strip()), True
-        except msgspec.DecodeError:
-            pass
+        found.append(m.group(1).strip())
     start = min((i for i in (content.find("{"), content.find("[")) if i >= 0), default=-1)
     if start >= 0:
-        try:
-            value, _ = json.JSONDecoder().raw_decode(content, start)
-            return value, True
-        except json.JSONDecodeError:
-            pass
-    raise InvalidOutput("the model's output is not valid JSON", stage=VALIDATOR)
+        found.append(content[start:])
+    return found
+
+
+def _without_trailing_commas(text: str) -> str:
+    """Drop a ``,`` that only whitespace separates from a closing ``}``/``]`` (never inside a string)."""
+    out: list[str] = []
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == ",":
+            nxt = _SPACE.match(text, i + 1).end()  # type: ignore[union-attr]  # \s* always matches
+            if text[nxt : nxt + 1] in ("}", "]"):
+                continue
+        out.append(ch)
+    return "".join(out)
+
+
+_SPACE = re.compile(r"\s*")
 
 
 @lru_cache(maxsize=256)
@@ -45,7 +79,7 @@ def _validator(schema_json: bytes) -> jsonschema.protocols.Validator:
     schema = msgspec.json.decode(schema_json)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def validate(req: ValidateRequest) -> ValidateResult:
