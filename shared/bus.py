@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -41,10 +40,15 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
-@cache
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 def decoder(tp: type[Any]) -> msgspec.json.Decoder[Any]:
     """One decoder per type, built once."""
-    return msgspec.json.Decoder(tp)
+    dec = _decoders.get(tp)
+    if dec is None:
+        dec = _decoders[tp] = msgspec.json.Decoder(tp)
+    return dec
 
 
 def error_headers(exc: errors.LockgateError, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -24,28 +24,24 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says where and why."""
 
 
-class _Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    pass
-
-
-class NatsConfig(_Section):
+class NatsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     url: str = "nats://127.0.0.1:4222"
     namespace: str = ""  # prefixes every subject/stream/bucket; "" in production
 
 
-class StagePolicy(_Section):
+class StagePolicy(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     timeout_ms: int = 500
     on_failure: Literal["open", "closed"] = "closed"
 
 
-class StagesConfig(_Section):
+class StagesConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     router: StagePolicy = StagePolicy(timeout_ms=500, on_failure="closed")
     cache: StagePolicy = StagePolicy(timeout_ms=200, on_failure="open")
     budgeter: StagePolicy = StagePolicy(timeout_ms=500, on_failure="closed")
     validator: StagePolicy = StagePolicy(timeout_ms=1_000, on_failure="closed")
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_request_bytes: int = 1_048_576
     max_messages: int = 256
     max_message_chars: int = 200_000
@@ -53,7 +49,7 @@ class LimitsConfig(_Section):
     max_output_tokens: int = 32_768
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     default_route: str = "default"
     request_timeout_ms: int = 60_000  # used when the client sends no deadline
     max_timeout_ms: int = 600_000  # a client deadline further out is clamped
@@ -62,7 +58,7 @@ class GatewayConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class ProviderConfig(_Section):
+class ProviderConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     kind: Literal["openai", "anthropic"]
     base_url: str | None = None
     api_key_env: str | None = None  # env var holding the key
@@ -70,13 +66,13 @@ class ProviderConfig(_Section):
     profile: str | None = None  # simulator fault profile (simulated providers only)
 
 
-class DeploymentConfig(_Section):
+class DeploymentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     provider: str
     model: str  # the provider's model id
     timeout_ms: int = 30_000
 
 
-class ModelConfig(_Section):
+class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     deployments: list[str]
     price_in_per_mtok: float = 0.0
     price_out_per_mtok: float = 0.0
@@ -84,27 +80,27 @@ class ModelConfig(_Section):
     max_output_tokens: int = 4_096
 
 
-class RouteConfig(_Section):
+class RouteConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     models: list[str]
 
 
-class TenantConfig(_Section):
+class TenantConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     daily_budget_usd: float | None = None  # None: no budget
 
 
-class KeyConfig(_Section):
+class KeyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     id: str
     tenant: str
     hash: str  # "sha256:<hex>" of the key; the key itself is never stored
     routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
-class CacheConfig(_Section):
+class CacheConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     ttl_s: int = 3_600
     max_entries: int = 10_000
 
 
-class LockgateConfig(_Section):
+class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
     stages: StagesConfig = StagesConfig()
@@ -152,7 +148,7 @@ def _check(cfg: LockgateConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-_TABLES: dict[str, type[_Section]] = {
+_TABLES: dict[str, type[msgspec.Struct]] = {
     "providers": ProviderConfig,
     "deployments": DeploymentConfig,
     "models": ModelConfig,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import openai
 import psutil
+from openai.types.chat import ChatCompletionMessageParam
 
 from shared import keys
 from shared.client import LockgateClient
@@ -112,11 +113,14 @@ async def _start_mesh(sim_url: str, data_dir: Path, dev_key: str) -> tuple[async
 
 
 def _mesh_cpu(pid: int) -> float:
+    """User + system CPU seconds of the process and its children (nats-server)."""
     p = psutil.Process(pid)
-    total = sum(p.cpu_times()[:2])
+    t = p.cpu_times()
+    total: float = t.user + t.system
     for child in p.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            total += sum(child.cpu_times()[:2])
+            ct = child.cpu_times()
+            total += ct.user + ct.system
     return total
 
 
@@ -149,17 +153,15 @@ async def run(n: int, levels: list[int], *, stream: bool) -> int:
 
             async def via_sdk(i: int) -> None:
                 req = _request(i, stream)
-                msgs = [{"role": "user", "content": req.messages[0].text()}]
+                msgs: list[ChatCompletionMessageParam] = [{"role": "user", "content": req.messages[0].text()}]
                 if stream:
-                    async for _ in await direct.chat.completions.create(
-                        model="gpt-4o-mini",
-                        messages=msgs,
-                        max_tokens=16,
-                        stream=True,  # type: ignore[arg-type]
-                    ):
+                    chunks = await direct.chat.completions.create(
+                        model="gpt-4o-mini", messages=msgs, max_tokens=16, stream=True
+                    )
+                    async for _ in chunks:
                         pass
                 else:
-                    await direct.chat.completions.create(model="gpt-4o-mini", messages=msgs, max_tokens=16)  # type: ignore[arg-type]
+                    await direct.chat.completions.create(model="gpt-4o-mini", messages=msgs, max_tokens=16)
 
             async def via_mesh(i: int) -> None:
                 req = _request(i, stream)
