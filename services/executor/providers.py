@@ -131,8 +131,12 @@ def _openai_kwargs(req: ChatRequest, dep: Deployment) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             kw[name] = msgspec.to_builtins(value)
-    if req.response_format is not None:
-        kw["response_format"] = msgspec.to_builtins(req.response_format)
+    fmt = req.response_format
+    if fmt is not None:
+        kw["response_format"] = rf = msgspec.to_builtins(fmt)
+        if fmt.json_schema is not None:
+            # OpenAI requires json_schema.name; our contract omits the default name on the wire.
+            rf["json_schema"] = {"name": fmt.json_schema.name, **rf["json_schema"]}
     return kw
 
 
