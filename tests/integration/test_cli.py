@@ -1,0 +1,163 @@
+"""The `lockgate` command as a user runs it: real processes, real nats-server, the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+LOCKGATE = [sys.executable, "-m", "services.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    values: dict[str, str]
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LOCKGATE, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
+def _start(tmp: Path, *extra: str) -> Up:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    proc = subprocess.Popen(
+        [*LOCKGATE, "up", "--data-dir", str(tmp), "--dev-key", "lg-test-dev-key", *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    values: dict[str, str] = {}
+    deadline = time.monotonic() + 90
+    while "READY" not in values:
+        line = proc.stdout.readline()
+        assert line, f"lockgate up exited early with {proc.poll()}"
+        assert time.monotonic() < deadline, "lockgate up was not ready in time"
+        key, _, value = line.strip().partition("=")
+        values[key] = value
+    env.update(LOCKGATE_NATS_URL=values["NATS_URL"], LOCKGATE_API_KEY=values["LOCKGATE_API_KEY"])
+    return Up(proc, values, env)
+
+
+def _stop(up: Up) -> tuple[int, list[int]]:
+    """SIGTERM by PID; returns the exit code and the PIDs of children that outlived it."""
+    children = [c.pid for c in psutil.Process(up.proc.pid).children(recursive=True)]
+    up.proc.send_signal(signal.SIGTERM)
+    code = up.proc.wait(timeout=30)
+    time.sleep(0.2)
+    alive = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    return code, alive
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    u = _start(tmp_path_factory.mktemp("up"))
+    yield u
+    if u.proc.poll() is None:
+        u.proc.kill()
+
+
+def test_up_prints_script_readable_lines(up: Up) -> None:
+    assert up.values["NATS_URL"].startswith("nats://127.0.0.1:")
+    assert up.values["SIMULATOR_URL"].startswith("http://127.0.0.1:")
+    assert up.values["LOCKGATE_API_KEY"] == "lg-test-dev-key"
+    assert up.values["READY"].startswith("7 services")
+
+
+def test_chat_prints_the_answer_and_the_lockgate_block(up: Up) -> None:
+    out = up.run("chat", "Hello", "-v")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Simulated reply")
+    assert "[lockgate]" in out.stderr
+    assert "deployment=sim-" in out.stderr
+
+
+def test_chat_streams_token_by_token(up: Up) -> None:
+    plain = up.run("chat", "Stream me", "--model", "gpt-4o-mini")
+    streamed = up.run("chat", "Stream me", "--model", "gpt-4o-mini", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == plain.stdout  # the simulator is deterministic
+
+
+def test_chat_with_a_json_schema(up: Up, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+    path = tmp_path / "colour.json"
+    path.write_text(json.dumps(schema))
+    out = up.run("chat", "Name a colour", "--json-schema", str(path), "-v")
+    assert out.returncode == 0, out.stderr
+    assert "colour" in json.loads(out.stdout)
+    assert "validation=valid" in out.stderr
+
+
+def test_chat_reports_errors_with_their_type(up: Up) -> None:
+    out = up.run("chat", "Hello", "--model", "no-such-model")
+    assert out.returncode == 1
+    assert "invalid_request" in out.stderr
+    assert "no-such-model" in out.stderr
+    bad = up.run("chat", "Hello", "--api-key", "lg-wrong")
+    assert bad.returncode == 1
+    assert "unauthorized" in bad.stderr
+
+
+def test_status_lists_the_seven_services(up: Up) -> None:
+    out = up.run("status")
+    assert out.returncode == 0, out.stderr
+    for name in ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor"):
+        assert name in out.stdout
+
+
+def test_audit_tail_shows_a_record_per_request(up: Up) -> None:
+    assert up.run("chat", "for the audit").returncode == 0
+    records: list[dict[str, object]] = []
+    for _ in range(20):
+        out = up.run("audit", "tail", "--no-follow")
+        records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        if any(r["kind"] == "admitted" for r in records):
+            break
+        time.sleep(0.2)
+    assert any(r["kind"] == "admitted" and r["tenant"] == "dev" for r in records)
+    assert all("Simulated" not in json.dumps(r) for r in records)  # no output text in the audit
+
+
+def test_cli_without_nats_fails_fast_and_clearly() -> None:
+    out = subprocess.run(
+        [*LOCKGATE, "status", "--nats", "nats://127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 3
+    assert "cannot reach NATS" in out.stderr
+
+
+def test_sigterm_stops_up_and_everything_it_started(tmp_path: Path) -> None:
+    up = _start(tmp_path)
+    assert up.run("chat", "Hi").returncode == 0
+    code, alive = _stop(up)
+    assert code == 0
+    assert alive == []
+
+
+@pytest.mark.slow
+def test_split_runs_each_service_as_its_own_process(tmp_path: Path) -> None:
+    up = _start(tmp_path, "--split")
+    try:
+        children = psutil.Process(up.proc.pid).children(recursive=True)
+        served = [" ".join(c.cmdline()) for c in children if "serve" in c.cmdline()]
+        assert len(served) == 7
+        out = up.run("chat", "Hello from split mode", "--stream")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("Simulated reply")
+    finally:
+        code, alive = _stop(up)
+    assert code == 0
+    assert alive == []
