@@ -41,11 +41,12 @@ def hash_key(key: str) -> str:
 
 
 def bearer(authorization: str | None) -> str:
+    # The errors carry no stage: whoever checks the key (guard, router) is the stage that refused.
     if not authorization:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", stage="guard")
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'", stage="guard")
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
     return token.strip()
 
 
@@ -74,7 +75,7 @@ class KeyStore:
                 self._cache.clear()
             self._cache[digest] = (now + self._ttl_s, principal)
         if principal is None:
-            raise Unauthorized("invalid API key", stage="guard")
+            raise Unauthorized("invalid API key")
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
