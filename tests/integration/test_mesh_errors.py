@@ -217,3 +217,33 @@ async def test_models_lists_only_what_a_limited_key_may_use(mesh: Mesh) -> None:
     limited = LockgateClient(mesh.client.nc, key, names=mesh.names)
     ids = {m.id for m in (await limited.models()).data}
     assert ids == {"cheap", "claude-3-5-haiku"}
+
+
+# -- nothing a client sends crashes a stage ------------------------------------------------
+@pytest.mark.parametrize(
+    ("stage", "op"),
+    [
+        ("router", "route"),
+        ("budgeter", "reserve"),
+        ("cache", "lookup"),
+        ("executor", "execute"),
+        ("validator", "validate"),
+    ],
+)
+async def test_internal_endpoints_answer_garbage_with_the_envelope(mesh: Mesh, stage: str, op: str) -> None:
+    subject = mesh.names.mesh(stage, op)
+    garbage = [b"", b"{not json", b"[]", b"\xff" * 100]
+    if stage != "router":  # every RouteRequest field is optional: {} is a valid request for the default route
+        garbage.append(b'{"unexpected": true}')
+    for data in garbage:
+        msg = await mesh.nc.request(subject, data, timeout=5, headers={"Lockgate-Deadline": "garbage"})
+        err = error_of(msg, "invalid_request")
+        assert err.stage == stage
+    reply = await mesh.client.chat(ask("Still there?", model="gpt-4o-mini"))
+    assert reply.choices[0].message.content
+
+
+async def test_models_with_a_bad_key_is_unauthorized(mesh: Mesh) -> None:
+    msg = await mesh.nc.request(mesh.names.models, b"", timeout=5, headers={"Authorization": "Bearer nope"})
+    err = error_of(msg, "unauthorized")
+    assert err.stage == "router"
