@@ -1,7 +1,7 @@
 """Auditor wiring: completion events in, one AUDIT record per request out.
 
 A durable pull consumer shared by the replicas; the record is published with
-``Nats-Msg-Id`` = request id so a redelivered event never writes twice.
+``Nats-Msg-Id`` = the event's stream sequence so a redelivered event never writes twice.
 The auditor is a micro service with no endpoints yet (feedback comes later),
 so ``$SRV`` discovery still sees it.
 """
@@ -56,9 +56,10 @@ async def start(env: Env) -> Running:
             for m in msgs:
                 try:
                     rec = record(decoder.decode(m.data))
-                    await env.js.publish(
-                        env.names.audit(rec.tenant, rec.kind), encode(rec), headers={MSG_ID: rec.request_id}
-                    )
+                    # One record per event, also when it is redelivered: the event's stream sequence is
+                    # its identity (request ids come from clients and may repeat).
+                    msg_id = f"{env.names.events_stream}-{m.metadata.sequence.stream}"
+                    await env.js.publish(env.names.audit(rec.tenant, rec.kind), encode(rec), headers={MSG_ID: msg_id})
                     await m.ack()
                 except msgspec.DecodeError:
                     log.error("bad_completion_event", subject=m.subject)

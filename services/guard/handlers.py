@@ -79,6 +79,7 @@ class Trace:
 
     ctx: RequestContext
     t0: float = field(default_factory=time.perf_counter)
+    event_id: str = field(default_factory=headers.new_id)  # Nats-Msg-Id of this request's completion event
     stages: dict[str, float] = field(default_factory=dict)
     principal: Principal | None = None
     req: ChatRequest | None = None
@@ -332,7 +333,9 @@ class Guard:
         )
         subject = self.names.event(EV_COMPLETION, ev.tenant)  # Names makes the tenant a safe token
         try:
-            await self.js.publish(subject, bus.encode(ev), headers={headers.MSG_ID: ev.request_id})
+            # The de-duplication id is ours, not the client's request id: a client that reuses its id
+            # (a retry) must not have the second event dropped (budget never settled, no audit record).
+            await self.js.publish(subject, bus.encode(ev), headers={headers.MSG_ID: tr.event_id})
         except Exception as exc:  # the client has its answer; losing the event is logged loudly
             log.error("completion_event_lost", error=str(exc))
 
