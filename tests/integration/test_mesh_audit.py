@@ -117,3 +117,10 @@ async def test_stream_is_audited_with_its_flag(mesh: Mesh) -> None:
     assert rec.kind == "admitted"
     assert rec.stream is True
     assert rec.deployment == "sim-claude"
+
+
+async def test_a_reused_request_id_gets_a_record_per_request(mesh: Mesh) -> None:
+    for _ in range(3):
+        await mesh.client.chat(ask("Same id", model="gpt-4o-mini"), request_id="client-retry-2")
+    records = await audit_records(mesh, 3)
+    assert [r.request_id for _, r in records] == ["client-retry-2"] * 3

@@ -104,3 +104,21 @@ async def test_budget_runs_out_after_spending(mesh_factory: MeshFactory) -> None
     assert "budget_exceeded" in outcomes
     first_refusal = outcomes.index("budget_exceeded")
     assert all(o == "ok" for o in outcomes[:first_refusal])
+
+
+async def test_a_reused_request_id_still_settles_every_request(mesh: Mesh) -> None:
+    """Clients choose request ids (and reuse them on retries); each request must still be settled."""
+    replies = [
+        await mesh.client.chat(ask("Same id", model="gpt-4o-mini"), request_id="client-retry-1") for _ in range(3)
+    ]
+    assert {r.lockgate.request_id for r in replies} == {"client-retry-1"}
+    total = sum(r.lockgate.cost_usd for r in replies)
+
+    async def settled() -> dict[str, float] | None:
+        state = await budget_state(mesh, "dev")
+        if state and state.get("spent_usd", 0.0) >= total * 0.999 and state.get("reserved_usd", 0.0) < 1e-9:
+            return state
+        return None
+
+    state = await eventually(settled)
+    assert state["spent_usd"] == pytest.approx(total)
