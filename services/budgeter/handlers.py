@@ -21,9 +21,7 @@ class Budgeter:
             return Reservation(reservation_id=new_id(), amount_usd=req.amount_usd)
         window, reset_ms = day_window()
         remaining = await self.store.reserve(req.tenant, window, req.amount_usd, limit, reset_ms)
-        return Reservation(
-            reservation_id=new_id(), amount_usd=req.amount_usd, window=window, remaining_usd=remaining
-        )
+        return Reservation(reservation_id=new_id(), amount_usd=req.amount_usd, window=window, remaining_usd=remaining)
 
     async def settle(self, ev: CompletionEvent) -> None:
         if ev.budget_window:

@@ -40,6 +40,8 @@ async def start(env: Env) -> Running:
             await tier.put(ev.tenant, ev.cache_key, ev.completion)
 
     await stage.start()
-    await stage.add_typed(stage.group(env.names.mesh_group(CACHE)), name=OP_LOOKUP, req_type=CacheLookup, handler=lookup)
+    await stage.add_typed(
+        stage.group(env.names.mesh_group(CACHE)), name=OP_LOOKUP, req_type=CacheLookup, handler=lookup
+    )
     sub = await env.nc.subscribe(env.names.events_of(EV_COMPLETION), cb=fill)
     return Running(CACHE, stage, cleanups=[sub.unsubscribe])

@@ -117,9 +117,7 @@ class Executor:
             if sent:
                 err = providers.classify(exc, dep)
                 raise _StreamBroken(
-                    UpstreamError(
-                        f"stream from {dep.name} broke after {sent} chunk(s): {err.message}", stage=EXECUTOR
-                    )
+                    UpstreamError(f"stream from {dep.name} broke after {sent} chunk(s): {err.message}", stage=EXECUTOR)
                 ) from None
             raise
         if inbox is not None and sent:

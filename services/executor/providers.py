@@ -184,9 +184,7 @@ async def call_openai(
 
 def _anthropic_kwargs(req: ChatRequest, dep: Deployment) -> dict[str, Any]:
     system = "\n\n".join(m.text() for m in req.messages if m.role in ("system", "developer"))
-    messages = [
-        {"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")
-    ]
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages if m.role in ("user", "assistant")]
     kw: dict[str, Any] = {
         "model": dep.provider_model,
         "messages": messages,
@@ -237,7 +235,9 @@ async def call_anthropic(
     )
 
 
-def call(clients: Clients, req: ChatRequest, dep: Deployment, timeout_s: float, stream: bool) -> AsyncIterator[str | Final]:
+def call(
+    clients: Clients, req: ChatRequest, dep: Deployment, timeout_s: float, stream: bool
+) -> AsyncIterator[str | Final]:
     if dep.kind == "openai":
         return call_openai(clients.openai(dep), req, dep, timeout_s, stream)
     return call_anthropic(clients.anthropic(dep), req, dep, timeout_s, stream)

@@ -95,9 +95,7 @@ class Trace:
 
 
 class Guard:
-    def __init__(
-        self, nc: Client, js: JetStreamContext, config: LockgateConfig, names: Names, keys: KeyStore
-    ) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, config: LockgateConfig, names: Names, keys: KeyStore) -> None:
         self.nc = nc
         self.js = js
         self.config = config
@@ -342,4 +340,3 @@ class Guard:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
-

@@ -30,6 +30,8 @@ async def start(env: Env) -> Running:
             await stage.respond_error(request, exc, ctx)
 
     await stage.start()
-    await stage.add_typed(stage.group(env.names.mesh_group(ROUTER)), name=OP_ROUTE, req_type=RouteRequest, handler=route)
+    await stage.add_typed(
+        stage.group(env.names.mesh_group(ROUTER)), name=OP_ROUTE, req_type=RouteRequest, handler=route
+    )
     await stage.add_raw(stage.service, name="models", subject=env.names.models, handler=models)
     return Running(ROUTER, stage)
