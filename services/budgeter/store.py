@@ -8,6 +8,12 @@ in flight, new reservations queue, and the next round decides all of them
 (in arrival order) with one read and one write. Without that, N concurrent
 requests of one tenant cost O(N^2) KV round trips (each round only one CAS
 wins) and most of them missed the guard's time slice for the budgeter.
+
+The store remembers the state and revision it last read or wrote per key, so
+an uncontended reserve or settle is one KV round trip (the compare-and-set)
+instead of two. A remembered revision that another replica has moved past
+only fails the compare-and-set, which then re-reads: correctness rests on the
+revision check, the memory only saves the read.
 """
 
 from __future__ import annotations
@@ -57,23 +63,38 @@ class BudgetStore:
         self._queued: dict[str, list[_Ask]] = {}
         self._draining: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()
+        self._known: dict[str, tuple[float, float, int]] = {}  # key -> (spent, reserved, revision)
 
-    async def _load(self, key: str) -> tuple[BudgetState, int | None]:
+    async def _load(self, key: str, *, fresh: bool = False) -> tuple[BudgetState, int | None]:
+        known = None if fresh else self._known.get(key)
+        if known is not None:
+            return BudgetState(spent_usd=known[0], reserved_usd=known[1]), known[2]
         try:
             entry = await self.kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return BudgetState(), None
-        return (_dec.decode(entry.value) if entry.value else BudgetState()), entry.revision
+        state = _dec.decode(entry.value) if entry.value else BudgetState()
+        self._remember(key, state, entry.revision)
+        return state, entry.revision
+
+    def _remember(self, key: str, state: BudgetState, revision: int | None) -> None:
+        if revision is None:
+            return
+        if len(self._known) > 100_000:  # old windows' keys: forget them all, they are re-read on demand
+            self._known.clear()
+        self._known[key] = (state.spent_usd, state.reserved_usd, revision)
 
     async def _cas(self, key: str, state: BudgetState, revision: int | None) -> bool:
         data = msgspec.json.encode(state)
         try:
             if revision is None:
-                await self.kv.create(key, data)
+                new_revision = await self.kv.create(key, data)
             else:
-                await self.kv.update(key, data, last=revision)
+                new_revision = await self.kv.update(key, data, last=revision)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError, nats.js.errors.APIError):
+            self._known.pop(key, None)  # someone else moved it: read it again
             return False
+        self._remember(key, state, new_revision)
         return True
 
     async def reserve(self, tenant: str, window: str, amount: float, limit: float, reset_ms: int) -> float:
@@ -154,4 +175,4 @@ class BudgetStore:
         raise RuntimeError(f"could not settle {key} after {MAX_CAS_RETRIES} attempts")
 
     async def read(self, tenant: str, window: str) -> BudgetState:
-        return (await self._load(f"{tenant}.{window}"))[0]
+        return (await self._load(f"{tenant}.{window}", fresh=True))[0]

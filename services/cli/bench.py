@@ -45,6 +45,7 @@ class Result:
     latencies_ms: list[float]
     errors: int
     cpu_s: float | None = None
+    nats_cpu_s: float | None = None
 
     def pct(self, p: float) -> float:
         xs = sorted(self.latencies_ms)
@@ -112,16 +113,17 @@ async def _start_mesh(sim_url: str, data_dir: Path, dev_key: str) -> tuple[async
     return proc, values["NATS_URL"]
 
 
-def _mesh_cpu(pid: int) -> float:
-    """User + system CPU seconds of the process and its children (nats-server)."""
+def _mesh_cpu(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of the mesh process and of its children (nats-server)."""
     p = psutil.Process(pid)
     t = p.cpu_times()
-    total: float = t.user + t.system
+    own: float = t.user + t.system
+    kids = 0.0
     for child in p.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             ct = child.cpu_times()
-            total += ct.user + ct.system
-    return total
+            kids += ct.user + ct.system
+    return own, kids
 
 
 def _mesh_rss_mb(pid: int) -> tuple[float, float]:
@@ -180,10 +182,11 @@ async def run(n: int, levels: list[int], *, stream: bool) -> int:
             for c in levels:
                 secs, lat, err = await _load(n, c, via_sdk)
                 base = Result("direct", c, n, secs, lat, err)
-                cpu0 = _mesh_cpu(mesh.pid)
+                own0, nats0 = _mesh_cpu(mesh.pid)
                 secs, lat, err = await _load(n, c, via_mesh)
-                cpu = _mesh_cpu(mesh.pid) - cpu0
-                results.append((base, Result("mesh", c, n, secs, lat, err, cpu_s=cpu)))
+                own1, nats1 = _mesh_cpu(mesh.pid)
+                cpu, nats_cpu = own1 - own0 + nats1 - nats0, nats1 - nats0
+                results.append((base, Result("mesh", c, n, secs, lat, err, cpu_s=cpu, nats_cpu_s=nats_cpu)))
             own, kids = _mesh_rss_mb(mesh.pid)
             await lg.close()
             await direct.close()
@@ -198,14 +201,16 @@ async def run(n: int, levels: list[int], *, stream: bool) -> int:
 def _print(results: list[tuple[Result, Result]], n: int, stream: bool, own_mb: float, kids_mb: float) -> None:
     mode = "streaming" if stream else "non-streaming"
     print(f"lockgate bench: {n} {mode} requests per run, simulator at zero latency, {os.cpu_count()} CPUs")
-    hdr = f"{'path':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'mesh CPU ms/req':>17}"
+    hdr = f"{'path':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'mesh CPU ms/req (of which nats-server)':>40}"
     print(hdr)
     for base, mesh in results:
         for r in (base, mesh):
-            cpu = f"{r.cpu_s / r.n * 1000:.2f}" if r.cpu_s is not None else "-"
+            cpu = "-"
+            if r.cpu_s is not None and r.nats_cpu_s is not None:
+                cpu = f"{r.cpu_s / r.n * 1000:.2f} ({r.nats_cpu_s / r.n * 1000:.2f} nats)"
             print(
                 f"{r.label:<8}{r.concurrency:>5}{r.rps:>10.0f}{r.pct(50):>9.2f}{r.pct(95):>9.2f}{r.pct(99):>9.2f}"
-                f"{r.errors:>8}{cpu:>17}"
+                f"{r.errors:>8}{cpu:>40}"
             )
         print(
             f"{'added':<8}{mesh.concurrency:>5}{'':>10}{mesh.pct(50) - base.pct(50):>9.2f}"

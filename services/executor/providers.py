@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import httpx2
 import msgspec
 import openai
 
+from services.executor import wire
 from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
 from shared.schemas.chat import ChatRequest, ToolCall, Usage
 from shared.schemas.mesh import Deployment
@@ -145,22 +147,16 @@ async def call_openai(
 ) -> AsyncIterator[str | Final]:
     kw = _openai_kwargs(req, dep)
     if not stream:
-        resp = await client.chat.completions.create(**kw, timeout=timeout_s)
+        raw = await client.post("/chat/completions", body=kw, cast_to=httpx2.Response, options={"timeout": timeout_s})
+        resp = wire.openai_completion.decode(raw.content)
+        if not resp.choices:
+            raise UpstreamError(f"deployment {dep.name} answered with no choices", stage=EXECUTOR)
         choice = resp.choices[0]
         if choice.message.content:
             yield choice.message.content
-        tool_calls = (
-            [msgspec.convert(tc.model_dump(), ToolCall) for tc in choice.message.tool_calls]
-            if choice.message.tool_calls
-            else None
-        )
-        u = resp.usage
-        usage = Usage(
-            prompt_tokens=u.prompt_tokens if u else 0,
-            completion_tokens=u.completion_tokens if u else 0,
-            total_tokens=u.total_tokens if u else 0,
-        )
-        yield Final(finish_reason=choice.finish_reason, usage=usage, tool_calls=tool_calls)
+        u = resp.usage or wire.OpenAIUsage()
+        usage = Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+        yield Final(finish_reason=choice.finish_reason, usage=usage, tool_calls=choice.message.tool_calls or None)
         return
     chunks = await client.chat.completions.create(
         **kw, stream=True, stream_options={"include_usage": True}, timeout=timeout_s
@@ -204,7 +200,8 @@ async def call_anthropic(
 ) -> AsyncIterator[str | Final]:
     kw = _anthropic_kwargs(req, dep)
     if not stream:
-        msg = await client.messages.create(**kw, timeout=timeout_s)
+        raw = await client.post("/v1/messages", body=kw, cast_to=httpx2.Response, options={"timeout": timeout_s})
+        msg = wire.anthropic_message.decode(raw.content)
         text = "".join(block.text for block in msg.content if block.type == "text")
         if text:
             yield text
