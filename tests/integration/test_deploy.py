@@ -465,7 +465,6 @@ PUBLISH_RULES = [
     ("client", "_INBOX.someone.else", "guard", False),
     ("client", "$KV.LOCKGATE_BUDGETS.t1", "budgeter", False),
     ("guard", "mesh.v1.executor.run", "executor", True),
-    ("guard", "mesh.v1.budget.reserve", "budgeter", True),
     ("guard", "mesh.v1.budgeter.reserve", "budgeter", True),
     ("client", "mesh.v1.budgeter.reserve", "budgeter", False),
     ("guard", "audit.v1.t1.completion", "admin", False),
