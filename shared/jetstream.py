@@ -20,36 +20,29 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure_events(js: JetStreamContext, names: Names, replicas: int = 1) -> None:
+async def _ensure_log(js: JetStreamContext, name: str, subject: str, max_age_s: float, replicas: int) -> None:
+    """A file-backed stream that keeps messages for ``max_age_s`` and de-duplicates by Nats-Msg-Id."""
     await ensure_stream(
         js,
         StreamConfig(
-            name=names.events_stream,
-            subjects=[names.events_all],
+            name=name,
+            subjects=[subject],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=7 * DAY_S,
+            max_age=max_age_s,
             duplicate_window=120.0,
             discard=DiscardPolicy.OLD,
             num_replicas=replicas,
         ),
     )
+
+
+async def ensure_events(js: JetStreamContext, names: Names, replicas: int = 1) -> None:
+    await _ensure_log(js, names.events_stream, names.events_all, 7 * DAY_S, replicas)
 
 
 async def ensure_audit(js: JetStreamContext, names: Names, replicas: int = 1) -> None:
-    await ensure_stream(
-        js,
-        StreamConfig(
-            name=names.audit_stream,
-            subjects=[names.audit_of()],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=30 * DAY_S,
-            duplicate_window=120.0,
-            discard=DiscardPolicy.OLD,
-            num_replicas=replicas,
-        ),
-    )
+    await _ensure_log(js, names.audit_stream, names.audit_of(), 30 * DAY_S, replicas)
 
 
 async def ensure_bucket(js: JetStreamContext, bucket: str, *, ttl_s: float | None = None, history: int = 1) -> KeyValue:

@@ -12,59 +12,48 @@ from shared.schemas.mesh import CachedCompletion
 Outcome = Literal["completed", "cached", "refused", "failed"]
 
 
-class CompletionEvent(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class RequestFacts(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What is known of one request once it is answered: shared by event and audit record."""
+
+    request_id: str
+    tenant: str
+    ts_ms: int
+    user: str = ""
+    key_id: str = ""
+    model: str = ""
+    route: str = ""
+    deployment: str = ""
+    stream: bool = False
+    error_type: str = ""
+    error_stage: str = ""
+    error_message: str = ""
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    stage_latency_ms: dict[str, float] = {}
+    attempts: list[Attempt] = []
+    validation: str = ""
+    metadata: dict[str, str] = {}
+
+
+FACT_FIELDS: tuple[str, ...] = RequestFacts.__struct_fields__
+
+
+class CompletionEvent(RequestFacts, kw_only=True, frozen=True, omit_defaults=True):
     """One per request, published by the guard once the client has its answer.
 
     The budgeter settles from it, the cache fills from it, the auditor logs it.
     """
 
-    request_id: str
-    tenant: str
-    ts_ms: int
     outcome: Outcome
-    user: str = ""
-    key_id: str = ""
-    model: str = ""
-    route: str = ""
-    deployment: str = ""
-    stream: bool = False
-    error_type: str = ""
-    error_stage: str = ""
-    error_message: str = ""
-    usage: Usage = Usage()
-    cost_usd: float = 0.0
     reservation_id: str = ""
     reserved_usd: float = 0.0
     budget_window: str = ""
-    latency_ms: float = 0.0
-    stage_latency_ms: dict[str, float] = {}
-    attempts: list[Attempt] = []
-    validation: str = ""
     cache_key: str = ""
     completion: CachedCompletion | None = None  # set when the answer may be cached
-    metadata: dict[str, str] = {}
 
 
-class AuditRecord(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class AuditRecord(RequestFacts, kw_only=True, frozen=True, omit_defaults=True):
     """The durable record of one decision. Never holds prompt or completion text."""
 
-    request_id: str
-    tenant: str
-    ts_ms: int
     kind: Literal["admitted", "refused", "cached", "failed"]
-    user: str = ""
-    key_id: str = ""
-    model: str = ""
-    route: str = ""
-    deployment: str = ""
-    stream: bool = False
-    error_type: str = ""
-    error_stage: str = ""
-    error_message: str = ""
-    usage: Usage = Usage()
-    cost_usd: float = 0.0
-    latency_ms: float = 0.0
-    stage_latency_ms: dict[str, float] = {}
-    attempts: list[Attempt] = []
-    validation: str = ""
-    metadata: dict[str, str] = {}
