@@ -182,12 +182,7 @@ class Guard:
             await self._answer_cached(req, hit.completion, inbox, tr)
             return "cached"
 
-        prompt_tokens = inputs.estimate_prompt_tokens(total_chars, len(req.messages))
-        amount = max(
-            (prompt_tokens * d.price_in_per_mtok + min(req.output_cap or d.max_output_tokens, d.max_output_tokens)
-             * d.price_out_per_mtok) / 1e6
-            for d in plan.candidates
-        )  # fmt: skip
+        amount = inputs.worst_case_cost(req, total_chars, plan.candidates)
         tr.reservation = await self._call(
             BUDGETER,
             ReserveRequest(tenant=principal.tenant, user=req.user or "", amount_usd=amount),

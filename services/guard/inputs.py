@@ -9,6 +9,7 @@ import msgspec
 from shared.config import LimitsConfig
 from shared.errors import InvalidRequest
 from shared.schemas.chat import ChatRequest
+from shared.schemas.mesh import Deployment
 from shared.subjects import GUARD
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -64,6 +65,19 @@ def check(req: ChatRequest, limits: LimitsConfig) -> int:
 def estimate_prompt_tokens(total_chars: int, messages: int) -> int:
     """About four characters a token plus a few per message (a worst-case-ish estimate)."""
     return total_chars // 3 + 4 * messages + 8
+
+
+def worst_case_cost(req: ChatRequest, total_chars: int, candidates: list[Deployment]) -> float:
+    """USD to reserve: the estimated prompt plus the full output cap, on the dearest candidate."""
+    prompt_tokens = estimate_prompt_tokens(total_chars, len(req.messages))
+    return max(
+        (
+            prompt_tokens * d.price_in_per_mtok
+            + min(req.output_cap or d.max_output_tokens, d.max_output_tokens) * d.price_out_per_mtok
+        )
+        / 1e6
+        for d in candidates
+    )
 
 
 _key_encoder = msgspec.json.Encoder(order="deterministic")

@@ -150,3 +150,20 @@ def test_cacheable_only_at_temperature_zero_and_not_off() -> None:
     assert not inputs.cacheable(variant(temperature=None))
     assert not inputs.cacheable(variant(temperature=0.7))
     assert not inputs.cacheable(variant(lockgate=LockgateOptions(cache="off")))
+
+
+def test_worst_case_cost_takes_the_dearest_candidate_and_the_output_cap() -> None:
+    from services.guard.inputs import estimate_prompt_tokens, worst_case_cost  # noqa: PLC0415
+    from shared.schemas.chat import ChatRequest, Message  # noqa: PLC0415
+    from shared.schemas.mesh import Deployment  # noqa: PLC0415
+
+    cheap = Deployment(name="a", model="m", provider="p", kind="openai", provider_model="m",
+                       price_in_per_mtok=1.0, price_out_per_mtok=2.0, max_output_tokens=1000)  # fmt: skip
+    dear = Deployment(name="b", model="m", provider="p", kind="openai", provider_model="m",
+                      price_in_per_mtok=10.0, price_out_per_mtok=20.0, max_output_tokens=100)  # fmt: skip
+    req = ChatRequest(messages=[Message(role="user", content="x" * 300)], max_tokens=500)
+    prompt = estimate_prompt_tokens(300, 1)
+    # the dear deployment caps output at 100 tokens; the cheap one allows the requested 500
+    expected = max((prompt * 1.0 + 500 * 2.0) / 1e6, (prompt * 10.0 + 100 * 20.0) / 1e6)
+    assert worst_case_cost(req, 300, [cheap, dear]) == pytest.approx(expected)
+    assert worst_case_cost(req, 300, [cheap]) == pytest.approx((prompt * 1.0 + 500 * 2.0) / 1e6)
