@@ -24,7 +24,7 @@ import structlog
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Group, Service
+from nats.micro.service import EndpointStats, Group, Service
 
 from shared import errors, headers
 from shared.headers import RequestContext
@@ -97,6 +97,7 @@ class Stage:
         self._tasks: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
         self.errors_by_type: dict[str, int] = {}
+        self._errors: dict[str, tuple[int, str]] = {}  # subject -> (count, last error line)
 
     async def start(self) -> Service:
         self._service = await add_service(
@@ -105,8 +106,20 @@ class Stage:
             version=self.version,
             description=self.description or f"lockgate {self.name}",
             queue_group=self.name,
+            stats_handler=self._stats,
         )
         return self._service
+
+    def record_error(self, subject: str, err: errors.LockgateError) -> None:
+        """Count an error answer (micro only counts exceptions its handler raises; ours answer themselves)."""
+        self.errors_by_type[err.type] = self.errors_by_type.get(err.type, 0) + 1
+        count, _ = self._errors.get(subject, (0, ""))
+        self._errors[subject] = (count + 1, err.header_line())
+
+    def _stats(self, endpoint: EndpointStats) -> dict[str, int]:
+        # `$SRV.STATS` builds a fresh EndpointStats per request: report our error counts in it.
+        endpoint.num_errors, endpoint.last_error = self._errors.get(endpoint.subject, (0, ""))
+        return dict(self.errors_by_type)
 
     @property
     def service(self) -> Service:
@@ -185,7 +198,7 @@ class Stage:
         self, request: Request, exc: BaseException, ctx: RequestContext, extra: dict[str, str] | None = None
     ) -> None:
         err = as_lockgate_error(exc, self.name)
-        self.errors_by_type[err.type] = self.errors_by_type.get(err.type, 0) + 1
+        self.record_error(request.subject, err)
         if isinstance(err, errors.Internal):
             log.error("request_failed", error=repr(exc), exc_info=exc)
         if request._msg.reply:

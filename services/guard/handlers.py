@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -95,7 +96,17 @@ class Trace:
 
 
 class Guard:
-    def __init__(self, nc: Client, js: JetStreamContext, config: LockgateConfig, names: Names, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        config: LockgateConfig,
+        names: Names,
+        keys: KeyStore,
+        *,
+        on_error: Callable[[str, LockgateError], None] | None = None,
+    ) -> None:
+        self.on_error = on_error  # counts refusals in $SRV.STATS (Stage.record_error)
         self.nc = nc
         self.js = js
         self.config = config
@@ -136,6 +147,8 @@ class Guard:
             if err.type == "internal":
                 log.error("request_failed", error=repr(exc), exc_info=exc)
             outcome = "refused" if err.type in REFUSED else "failed"
+            if self.on_error is not None:
+                self.on_error(request.subject, err)
             if inbox:
                 await replies.send_error(self.nc, inbox, err, tr.ctx.request_id)
             else:

@@ -83,3 +83,24 @@ async def test_stats_count_requests(mesh: Mesh) -> None:
     assert stats["guard"]["endpoints"][0]["num_requests"] == 4
     assert stats["validator"]["endpoints"][0]["num_requests"] == 1
     assert stats["budgeter"]["endpoints"][0]["num_requests"] == 4
+
+
+async def test_stats_count_error_answers_per_endpoint(mesh: Mesh) -> None:
+    """Stages answer errors themselves (the envelope); $SRV.STATS must still count them."""
+    import shared.errors as lg_errors  # noqa: PLC0415
+    from shared.client import LockgateClient  # noqa: PLC0415
+
+    bad = LockgateClient(mesh.client.nc, "lg-not-a-key", names=mesh.names)
+    for _ in range(2):
+        try:
+            await bad.chat(ask("hello"))
+        except lg_errors.Unauthorized:
+            pass
+        else:
+            raise AssertionError("a bad key was admitted")
+    guard = ours(mesh, await gather_replies(mesh, "$SRV.STATS.guard"))["guard"]
+    chat = next(e for e in guard["endpoints"] if e["subject"] == mesh.names.chat)
+    assert chat["num_requests"] == 2
+    assert chat["num_errors"] == 2
+    assert chat["last_error"].startswith("unauthorized")
+    assert chat["data"] == {"unauthorized": 2}
