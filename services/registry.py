@@ -1,4 +1,4 @@
-"""The seven mesh services by name (what `lockgate serve NAME` and `up` start)."""
+"""The mesh services by name (what `lockgate serve NAME` and `up` start)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from services.budgeter import service as budgeter
 from services.cache import service as cache
 from services.executor import service as executor
 from services.guard import service as guard
+from services.http import service as http
 from services.router import service as router
 from services.validator import service as validator
 from shared.runtime import Env, Running
@@ -24,4 +25,5 @@ SERVICES: dict[str, Starter] = {
     "validator": validator.start,
     "executor": executor.start,
     "guard": guard.start,
+    "http": http.start,  # the HTTP door calls llm.v1.* like any client: last, once the guard is up
 }

@@ -100,12 +100,21 @@ class CacheConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     max_entries: int = 10_000
 
 
+class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The HTTP door (OpenAI- and Anthropic-compatible); port 0 picks a free port."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 4_194_304  # larger bodies get 413 before any parsing
+
+
 class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
     stages: StagesConfig = StagesConfig()
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
+    http: HttpConfig = HttpConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     providers: dict[str, ProviderConfig] = {}
     deployments: dict[str, DeploymentConfig] = {}

@@ -49,6 +49,7 @@ class Running:
     stage: Stage | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    url: str = ""  # where a service that also listens on HTTP can be reached
 
     async def stop(self) -> None:
         if self.stage is not None:

@@ -20,6 +20,7 @@ CACHE: Final = "cache"
 EXECUTOR: Final = "executor"
 VALIDATOR: Final = "validator"
 AUDITOR: Final = "auditor"
+HTTP: Final = "http"  # the HTTP door (a mesh member that calls llm.v1.* like any client)
 STAGES: Final = (GUARD, ROUTER, BUDGETER, CACHE, EXECUTOR, VALIDATOR, AUDITOR)
 
 # Operations (micro endpoint names) per stage.

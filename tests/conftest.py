@@ -51,6 +51,9 @@ default_route = "default"
 request_timeout_ms = 10000
 simulate = "always"
 
+[http]
+port = 0
+
 [providers.sim-openai]
 kind = "openai"
 simulated = true

@@ -60,10 +60,11 @@ def up(
     simulator_url: Annotated[
         str | None, typer.Option("--simulator-url", help="Use this running simulator instead of starting one.")
     ] = None,
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP door port (-1: pick a free one).")] = -1,
 ) -> None:
     """Run the whole mesh on the embedded default: nats-server, simulator, all services.
 
-    Prints NATS_URL=, SIMULATOR_URL=, LOCKGATE_API_KEY= and then READY= lines on
+    Prints NATS_URL=, SIMULATOR_URL=, LOCKGATE_API_KEY=, HTTP_URL= and then READY= lines on
     stdout (logs go to stderr). Ctrl-C or SIGTERM stops everything it started.
     """
     from services.cli import up as up_mod  # noqa: PLC0415 - keep `lockgate --help` fast
@@ -78,6 +79,7 @@ def up(
                 data_dir=data_dir,
                 nats_port=nats_port,
                 simulator_url=simulator_url,
+                http_port=http_port,
             )
         )
     )
@@ -86,7 +88,7 @@ def up(
 @app.command()
 def serve(
     service: Annotated[
-        str, typer.Argument(help="guard, router, budgeter, cache, executor, validator, auditor or simulator.")
+        str, typer.Argument(help="guard, router, budgeter, cache, executor, validator, auditor, http or simulator.")
     ],
     nats_url: Annotated[
         str | None, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS URL (default: the config's).")

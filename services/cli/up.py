@@ -1,7 +1,7 @@
 """`lockgate up`: the whole mesh on the embedded default.
 
 Starts a nats-server with JetStream (data under ``--data-dir``), the simulated
-provider when simulation is active, and all seven services (in this process,
+provider when simulation is active, and all services incl. the HTTP door (in this process,
 or one process each with ``--split``). Prints ``KEY=value`` lines a script can
 read, then ``READY`` once every service answers ``$SRV.PING``. SIGINT/SIGTERM
 drain and stop everything it started.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class UpOptions:
     data_dir: Path
     nats_port: int
     simulator_url: str | None  # use a simulator that is already running
+    http_port: int = -1  # the HTTP door's port; -1: pick a free one
     ready_timeout_s: float = 30.0
 
 
@@ -70,6 +72,7 @@ async def run(opts: UpOptions) -> int:
             sim_url = await sim.start()
         if sim_url:
             config = cfgmod.with_simulator_url(config, sim_url)
+        config = _with_http_port(config, opts.http_port)
         effective = opts.data_dir / "effective.toml"
         effective.write_bytes(cfgmod.encode(config))
 
@@ -83,6 +86,7 @@ async def run(opts: UpOptions) -> int:
         say("NATS_URL", url)
         say("SIMULATOR_URL", sim_url or "")
         say("LOCKGATE_API_KEY", dev_key)
+        say("HTTP_URL", f"http://{config.http.host}:{config.http.port}")
         if opts.split:
             for name in SERVICES:
                 children.append(await _spawn(name, url, effective))
@@ -118,6 +122,17 @@ def _with_nats(config: cfgmod.LockgateConfig, url: str) -> cfgmod.LockgateConfig
     import msgspec  # noqa: PLC0415
 
     return msgspec.structs.replace(config, nats=msgspec.structs.replace(config.nats, url=url))
+
+
+def _with_http_port(config: cfgmod.LockgateConfig, port: int) -> cfgmod.LockgateConfig:
+    """A fixed port, or (-1) a free one chosen now so that --split children and HTTP_URL agree."""
+    import msgspec  # noqa: PLC0415
+
+    if port < 0:
+        with socket.socket() as s:
+            s.bind((config.http.host, 0))
+            port = s.getsockname()[1]
+    return msgspec.structs.replace(config, http=msgspec.structs.replace(config.http, port=port))
 
 
 async def _spawn(name: str, url: str, config: Path) -> asyncio.subprocess.Process:

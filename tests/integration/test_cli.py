@@ -72,7 +72,21 @@ def test_up_prints_script_readable_lines(up: Up) -> None:
     assert up.values["NATS_URL"].startswith("nats://127.0.0.1:")
     assert up.values["SIMULATOR_URL"].startswith("http://127.0.0.1:")
     assert up.values["LOCKGATE_API_KEY"] == "lg-test-dev-key"
-    assert up.values["READY"].startswith("7 services")
+    assert up.values["HTTP_URL"].startswith("http://127.0.0.1:")
+    assert up.values["READY"].startswith("8 services")
+
+
+def test_up_serves_the_http_door(up: Up) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    request = urllib.request.Request(
+        f"{up.values['HTTP_URL']}/v1/chat/completions",
+        data=json.dumps({"messages": [{"role": "user", "content": "Hello"}]}).encode(),
+        headers={"Authorization": "Bearer lg-test-dev-key", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["choices"][0]["message"]["content"].startswith("Simulated reply")
 
 
 def test_chat_prints_the_answer_and_the_lockgate_block(up: Up) -> None:
@@ -110,10 +124,10 @@ def test_chat_reports_errors_with_their_type(up: Up) -> None:
     assert "unauthorized" in bad.stderr
 
 
-def test_status_lists_the_seven_services(up: Up) -> None:
+def test_status_lists_the_services(up: Up) -> None:
     out = up.run("status")
     assert out.returncode == 0, out.stderr
-    for name in ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor"):
+    for name in ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "http"):
         assert name in out.stdout
 
 
@@ -153,7 +167,7 @@ def test_split_runs_each_service_as_its_own_process(tmp_path: Path) -> None:
     try:
         children = psutil.Process(up.proc.pid).children(recursive=True)
         served = [" ".join(c.cmdline()) for c in children if "serve" in c.cmdline()]
-        assert len(served) == 7
+        assert len(served) == 8  # seven stages and the HTTP door
         out = up.run("chat", "Hello from split mode", "--stream")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("Simulated reply")

@@ -52,7 +52,7 @@ NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 CONFIG_IN_CONTAINER = "/etc/lockgate/lockgate.toml"
 
-SERVICES = ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "simulator")
+SERVICES = ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "http", "simulator")
 # The simulator is an HTTP server and does not use NATS.
 NATS_SERVICES = tuple(s for s in SERVICES if s != "simulator")
 NATS_USERS = (*NATS_SERVICES, "client", "admin")
@@ -474,6 +474,9 @@ PUBLISH_RULES = [
     ("auditor", "audit.v1.t1.completion", "client", True),
     ("admin", "mesh.v1.router.route", "router", False),
     ("admin", "events.v1.usage.t1", "auditor", False),
+    ("http", "llm.v1.chat", "guard", True),  # the HTTP door is a client of the public API
+    ("http", "mesh.v1.executor.run", "executor", False),
+    ("http", "events.v1.usage.t1", "auditor", False),
 ]
 
 
@@ -506,6 +509,8 @@ SUBSCRIBE_RULES = [
     ("client", "mesh.v1.>", False),
     ("client", "events.v1.>", False),
     ("client", "$SRV.>", False),
+    ("http", "llm.v1.chat", False),  # the door cannot impersonate the guard
+    ("http", "$SRV.>", True),
     ("router", "mesh.v1.router.route", True),
     ("router", "llm.v1.models", True),
     ("router", "mesh.v1.executor.>", False),
@@ -641,6 +646,16 @@ async def test_real_services_work_under_their_own_users(nats_url: str, simulator
             assert chunks
             assert stream.done is not None
             assert (await gateway.models(timeout_s=5)).data
+
+            # The HTTP door, on its own NATS user, serves an OpenAI-shaped completion.
+            door = next(r.url for r in running if r.name == "http")
+            request = urllib.request.Request(
+                f"{door}/v1/chat/completions",
+                data=json.dumps({"messages": [{"role": "user", "content": "via http"}]}).encode(),
+                headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+            )
+            body = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(request, timeout=5).read()))
+            assert body["object"] == "chat.completion"
         finally:
             await host.stop(running)
         for conn in (*services.values(), admin, client):

@@ -1,0 +1,1 @@
+"""The HTTP door: OpenAI- and Anthropic-compatible endpoints that call ``llm.v1.*`` over NATS."""

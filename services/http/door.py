@@ -1,0 +1,74 @@
+"""What every HTTP endpoint shares: the key, the request id, the body, headers out, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import structlog
+from aiohttp import web
+
+from services.http.bridge import Bridge
+from services.http.errors import TooLarge
+from services.http.metrics import DoorMetrics
+from shared.config import LockgateConfig
+from shared.headers import new_id
+from shared.schemas.chat import LockgateInfo
+from shared.subjects import HTTP
+
+log = structlog.get_logger("lockgate.http")
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+class Door:
+    def __init__(self, bridge: Bridge, config: LockgateConfig) -> None:
+        self.bridge = bridge
+        self.max_body = config.http.max_body_bytes
+        self.metrics = DoorMetrics()
+
+    @staticmethod
+    def request_id(request: web.Request) -> str:
+        """The caller's ``x-request-id`` (made header-safe, at most 128 chars) or a new one."""
+        rid = _SAFE_ID.sub("", request.headers.get("x-request-id", ""))[:128]
+        return rid or new_id()
+
+    @staticmethod
+    def api_key(request: web.Request) -> str | None:
+        """``Authorization: Bearer KEY`` (OpenAI) or ``x-api-key: KEY`` (Anthropic)."""
+        auth = request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        key = request.headers.get("x-api-key", "").strip()
+        return key or None
+
+    async def body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise TooLarge(f"request body is {request.content_length} bytes; the limit is {self.max_body}", stage=HTTP)
+        try:
+            data = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise TooLarge(f"request body is over the limit of {self.max_body} bytes", stage=HTTP) from None
+        if len(data) > self.max_body:
+            raise TooLarge(f"request body is {len(data)} bytes; the limit is {self.max_body}", stage=HTTP)
+        return data
+
+    @staticmethod
+    def info_headers(request_id: str, info: LockgateInfo | None) -> dict[str, str]:
+        h = {"x-request-id": request_id, "x-lockgate-request-id": request_id}
+        if info is not None:
+            if info.route:
+                h["x-lockgate-route"] = info.route
+            if info.deployment:
+                h["x-lockgate-deployment"] = info.deployment
+            if info.cached:
+                h["x-lockgate-cached"] = info.cached
+            h["x-lockgate-cost-usd"] = f"{info.cost_usd:.8f}"
+            h["x-lockgate-attempts"] = str(len(info.attempts))
+        return h
+
+    def disconnected(self, endpoint: str, request_id: str) -> None:
+        self.metrics.disconnects.inc()
+        with contextlib.suppress(Exception):
+            log.info("client_disconnected", endpoint=endpoint, request_id=request_id)
