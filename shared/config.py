@@ -69,7 +69,8 @@ class ProviderConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 class DeploymentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     provider: str
     model: str  # the provider's model id
-    timeout_ms: int = 30_000
+    timeout_ms: int = 30_000  # per attempt (always cut to what is left of the request's deadline)
+    max_attempts: int | None = None  # None: resilience.attempts_per_deployment
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -80,8 +81,15 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     max_output_tokens: int = 4_096
 
 
+DegradeStep = Literal["cheaper_model", "template"]
+
+
 class RouteConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     models: list[str]
+    # When every candidate failed and the request sets lockgate.degrade: these steps, in this order.
+    degrade: list[DegradeStep] = []
+    degrade_model: str | None = None  # the cheaper model ("cheaper_model")
+    degrade_template: str | None = None  # the message ("template")
 
 
 class TenantConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -93,6 +101,24 @@ class KeyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     tenant: str
     hash: str  # "sha256:<hex>" of the key; the key itself is never stored
     routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class BreakerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    window_s: float = 30.0  # the sliding window failures are counted in
+    failure_count: int = 5  # open after this many failures in the window ...
+    failure_ratio: float = 0.5  # ... or this share of failures ...
+    min_requests: int = 10  # ... once the window holds at least this many attempts
+    cooldown_ms: int = 5_000  # open → half-open after this long
+    half_open_probes: int = 1  # requests let through while half-open (per executor replica)
+
+
+class ResilienceConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    attempts_per_deployment: int = 1  # a deployment's max_attempts overrides it
+    backoff_base_ms: int = 100  # exponential backoff with full jitter: uniform(0, min(max, base * 2^n))
+    backoff_max_ms: int = 2_000
+    max_retry_after_ms: int = 5_000  # a longer Retry-After moves on to the next candidate at once
+    idempotency_ttl_s: int = 86_400  # how long an Idempotency-Key's first result is kept
+    breaker: BreakerConfig = BreakerConfig()
 
 
 class CacheConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -114,6 +140,7 @@ class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     stages: StagesConfig = StagesConfig()
     limits: LimitsConfig = LimitsConfig()
     cache: CacheConfig = CacheConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     http: HttpConfig = HttpConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     providers: dict[str, ProviderConfig] = {}
@@ -131,6 +158,8 @@ def _check(cfg: LockgateConfig) -> None:
             problems.append(f"deployments.{name}.provider: unknown provider {dep.provider!r}")
         if dep.timeout_ms <= 0:
             problems.append(f"deployments.{name}.timeout_ms: must be positive")
+        if dep.max_attempts is not None and dep.max_attempts < 1:
+            problems.append(f"deployments.{name}.max_attempts: must be at least 1")
     for name, model in cfg.models.items():
         if not model.deployments:
             problems.append(f"models.{name}.deployments: must list at least one deployment")
@@ -143,6 +172,10 @@ def _check(cfg: LockgateConfig) -> None:
         for model_name in route.models:
             if model_name not in cfg.models:
                 problems.append(f"routes.{name}.models: unknown model {model_name!r}")
+        if "cheaper_model" in route.degrade and route.degrade_model not in cfg.models:
+            problems.append(f"routes.{name}.degrade_model: 'cheaper_model' needs a known model")
+        if "template" in route.degrade and not route.degrade_template:
+            problems.append(f"routes.{name}.degrade_template: 'template' needs a message")
     if cfg.routes and cfg.gateway.default_route not in cfg.routes:
         problems.append(f"gateway.default_route: unknown route {cfg.gateway.default_route!r}")
     for i, key in enumerate(cfg.keys):
@@ -153,6 +186,13 @@ def _check(cfg: LockgateConfig) -> None:
     for field in ("request_timeout_ms", "max_timeout_ms", "max_in_flight"):
         if getattr(cfg.gateway, field) <= 0:
             problems.append(f"gateway.{field}: must be positive")
+    res = cfg.resilience
+    if res.attempts_per_deployment < 1:
+        problems.append("resilience.attempts_per_deployment: must be at least 1")
+    if res.breaker.failure_count < 1 or res.breaker.half_open_probes < 1:
+        problems.append("resilience.breaker: failure_count and half_open_probes must be at least 1")
+    if not 0.0 < res.breaker.failure_ratio <= 1.0:
+        problems.append("resilience.breaker.failure_ratio: must be in (0, 1]")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -276,6 +316,7 @@ def deployment(cfg: LockgateConfig, model_name: str, dep_name: str) -> Deploymen
         base_url=prov.base_url,
         api_key_env=prov.api_key_env,
         timeout_ms=dep.timeout_ms,
+        max_attempts=dep.max_attempts or cfg.resilience.attempts_per_deployment,
         price_in_per_mtok=model.price_in_per_mtok,
         price_out_per_mtok=model.price_out_per_mtok,
         context_window=model.context_window,

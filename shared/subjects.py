@@ -115,3 +115,11 @@ class Names:
     @property
     def budgets_bucket(self) -> str:
         return self._upper("LOCKGATE_BUDGETS")
+
+    @property
+    def breakers_bucket(self) -> str:
+        return self._upper("LOCKGATE_BREAKERS")
+
+    @property
+    def idempotency_bucket(self) -> str:
+        return self._upper("LOCKGATE_IDEMPOTENCY")

@@ -1,13 +1,17 @@
-"""`lockgate status`: the services answering `$SRV.PING`, with request and error counts."""
+"""`lockgate status`: the services answering `$SRV.PING`, with request and error counts, and breakers."""
 
 from __future__ import annotations
 
 import msgspec
+from nats.aio.client import Client
 from rich.console import Console
 from rich.table import Table
 
 from services.cli.discovery import ping_all
+from shared import breakers
+from shared.headers import now_ms
 from shared.runtime import connect_once
+from shared.subjects import Names
 
 
 class _EndpointStats(msgspec.Struct):
@@ -23,7 +27,23 @@ class _Stats(msgspec.Struct):
     endpoints: list[_EndpointStats] | None = None
 
 
-async def run(url: str) -> int:
+async def _breakers_table(nc: Client, names: Names) -> Table | None:
+    """The circuit-breaker state of every deployment that ever changed state (None: no bucket)."""
+    try:
+        kv = await nc.jetstream(timeout=2.0).key_value(names.breakers_bucket)
+    except Exception:  # no bucket yet (no executor ran), or no JetStream access
+        return None
+    table = Table(title="Circuit breakers (deployments not listed are closed)")
+    for col in ("deployment", "state", "since", "probe in", "reason"):
+        table.add_column(col)
+    now = now_ms()
+    for st in await breakers.read_all(kv):
+        probe = f"{max(0, st.until_ms - now) / 1000:.1f} s" if st.state == "open" else "-"
+        table.add_row(st.deployment, st.state, f"{(now - st.since_ms) / 1000:.0f} s ago", probe, st.reason)
+    return table
+
+
+async def run(url: str, namespace: str = "") -> int:
     nc = await connect_once(url, "lockgate-status")
     try:
         pings = await ping_all(nc, 0.5)
@@ -44,6 +64,9 @@ async def run(url: str) -> int:
                 subjects = ["?"]
             table.add_row(p.name, p.version, p.id, ", ".join(subjects), str(requests), str(errors))
         Console().print(table)
+        breaker_table = await _breakers_table(nc, Names(namespace))
+        if breaker_table is not None:
+            Console().print(breaker_table)
         if not pings:
             print("no Lockgate service answered $SRV.PING")
             return 1

@@ -17,7 +17,7 @@ import httpx2
 import msgspec
 import openai
 
-from services.executor import wire
+from services.executor import retry, wire
 from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
 from shared.schemas.chat import ChatRequest, ToolCall, Usage
 from shared.schemas.mesh import Deployment
@@ -72,20 +72,26 @@ class Clients:
 
 
 def classify(exc: BaseException, dep: Deployment) -> LockgateError:
-    """Map an SDK failure to our vocabulary; ``retryable`` says whether another candidate may help."""
+    """Map an SDK failure to our vocabulary; ``retryable`` says whether trying again may help."""
     where = f"deployment {dep.name}"
     if isinstance(exc, LockgateError):
         return exc
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         status = exc.status_code
         message = _provider_message(exc)
+        hint = retry.retry_after_ms(exc.response.headers)
         if status == 429:
-            return RateLimited(f"{where} is rate limited: {message}", stage=EXECUTOR, retry_after_ms=_retry_after(exc))
+            return RateLimited(f"{where} is rate limited: {message}", stage=EXECUTOR, retry_after_ms=hint)
         if status == 400 and "context" in message.lower():
             return ContextTooLong(f"{where}: {message}", stage=EXECUTOR)
         if status in (400, 422):
             return InvalidRequest(f"{where} rejected the request: {message}", stage=EXECUTOR)
-        return UpstreamError(f"{where} answered HTTP {status}: {message}", stage=EXECUTOR)
+        return UpstreamError(
+            f"{where} answered HTTP {status}: {message}",
+            stage=EXECUTOR,
+            retryable=retry.status_retryable(status),
+            retry_after_ms=hint if retry.status_retryable(status) else None,
+        )
     if is_timeout(exc):
         return UpstreamError(f"{where} timed out", stage=EXECUTOR)
     if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
@@ -105,20 +111,6 @@ def _provider_message(exc: openai.APIStatusError | anthropic.APIStatusError) -> 
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             return str(err["message"])[:300]
     return str(exc.message)[:300]
-
-
-def _retry_after(exc: openai.APIStatusError | anthropic.APIStatusError) -> int | None:
-    h = exc.response.headers
-    raw_ms = h.get("retry-after-ms")
-    try:
-        if raw_ms is not None:
-            return int(float(raw_ms))
-        raw = h.get("retry-after")
-        if raw is not None:
-            return int(float(raw) * 1000)
-    except ValueError:
-        return None
-    return None
 
 
 def _openai_kwargs(req: ChatRequest, dep: Deployment) -> dict[str, Any]:

@@ -1,18 +1,45 @@
-"""Executor wiring: mesh.v1.executor.execute."""
+"""Executor wiring: mesh.v1.executor.execute, the shared breaker state, the idempotency bucket."""
 
 from __future__ import annotations
 
+from services.executor.breaker import Breakers
 from services.executor.handlers import Executor
+from services.executor.idempotency import IdempotencyStore
 from services.executor.providers import Clients
+from shared import breakers as shared_breakers
+from shared import bus, headers, jetstream
+from shared.breakers import BreakerView
 from shared.headers import RequestContext
 from shared.runtime import Env, Running
+from shared.schemas.breaker import BreakerEvent, BreakerState, BreakerStateName
 from shared.schemas.mesh import ExecuteRequest, ExecuteResult
-from shared.subjects import EXECUTOR, OP_EXECUTE
+from shared.subjects import EV_BREAKER, EXECUTOR, OP_EXECUTE
 
 
 async def start(env: Env) -> Running:
+    res = env.config.resilience
     clients = Clients()
-    executor = Executor(env.nc, clients)
+    kv = await shared_breakers.bucket(env.js, env.names)
+    await jetstream.ensure_events(env.js, env.names)
+    replica = headers.new_id()
+
+    async def publish(st: BreakerState, previous: BreakerStateName) -> None:
+        await kv.put(shared_breakers.kv_key(st.deployment), bus.encode(st))
+        ev = BreakerEvent(
+            deployment=st.deployment, state=st.state, previous=previous, ts_ms=st.since_ms, until_ms=st.until_ms,
+            reason=st.reason, replica=st.replica,
+        )  # fmt: skip
+        await env.js.publish(
+            env.names.event(EV_BREAKER, st.deployment),
+            bus.encode(ev),
+            headers={headers.MSG_ID: f"{st.deployment}-{st.state}-{st.since_ms}-{replica}"},
+        )
+
+    breakers = Breakers(res.breaker, replica=replica, publish=publish)
+    view = BreakerView(kv, on_change=breakers.adopt)
+    watch = await view.start()
+    idem_kv = await jetstream.ensure_bucket(env.js, env.names.idempotency_bucket, ttl_s=float(res.idempotency_ttl_s))
+    executor = Executor(env.nc, clients, res, breakers, IdempotencyStore(idem_kv))
     stage = env.stage(EXECUTOR, "calls providers through the official SDKs, streaming to the client")
 
     async def execute(req: ExecuteRequest, ctx: RequestContext) -> ExecuteResult:
@@ -22,4 +49,4 @@ async def start(env: Env) -> Running:
     await stage.add_typed(
         stage.group(env.names.mesh_group(EXECUTOR)), name=OP_EXECUTE, req_type=ExecuteRequest, handler=execute
     )
-    return Running(EXECUTOR, stage, cleanups=[clients.close])
+    return Running(EXECUTOR, stage, tasks=[watch], cleanups=[clients.close, breakers.drain])

@@ -213,6 +213,10 @@ class Guard:
                 candidates=plan.candidates,
                 response_id=f"chatcmpl-{ctx.request_id}",
                 stream_inbox=inbox if req.stream else None,
+                route=plan.route,
+                degrade=plan.degrade if req.lockgate.degrade else None,
+                idempotency_key=h.get(headers.IDEMPOTENCY_KEY) or None,
+                coalesce_key=tr.cache_key or None,
             ),
             ExecuteResult,
             ctx,
@@ -294,17 +298,18 @@ class Guard:
             deployment=r.deployment if r else "",
             provider=r.provider if r else "",
             attempts=r.attempts if r else [],
-            fallbacks=max(0, len(r.attempts) - 1) if r else 0,
+            fallbacks=max(0, len({a.deployment for a in r.attempts}) - 1) if r else 0,  # retries are not fallbacks
             cost_usd=r.cost_usd if r else 0.0,
             latency_ms=stages,
             validation=tr.validation,
+            degraded=r.degraded if r else "",
         )
 
     async def _report(self, tr: Trace, outcome: Outcome, err: LockgateError | None) -> None:
         """Publish the completion event: budget settles, cache fills, auditor records."""
         req, r, p, res = tr.req, tr.result, tr.principal, tr.reservation
         completion = None
-        if outcome == "completed" and tr.cache_key and r is not None:
+        if outcome == "completed" and tr.cache_key and r is not None and not r.degraded:
             completion = CachedCompletion(
                 content=r.content, tool_calls=r.tool_calls, finish_reason=r.finish_reason, model=r.model,
                 usage=r.usage, deployment=r.deployment,
@@ -333,6 +338,7 @@ class Guard:
             stage_latency_ms=stages,
             attempts=r.attempts if r else [],
             validation=tr.validation,
+            degraded=r.degraded if r else "",
             cache_key=tr.cache_key if completion is not None else "",
             completion=completion,
             metadata=req.lockgate.metadata if req else {},

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from shared import config as cfgmod
 from shared.config import LockgateConfig
 from shared.errors import InvalidRequest, NotFound, UpstreamUnavailable
 from shared.keys import Principal
 from shared.schemas.chat import ModelInfo, ModelList
-from shared.schemas.mesh import Deployment, RoutePlan, RouteRequest
+from shared.schemas.mesh import DegradePlan, Deployment, RoutePlan, RouteRequest
 from shared.subjects import ROUTER
 
 
 class RouteTable:
     """Built once from config: enabled deployments per model, models per route."""
 
-    def __init__(self, config: LockgateConfig, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: LockgateConfig,
+        env: Mapping[str, str] | None = None,
+        is_open: Callable[[str], bool] | None = None,
+    ) -> None:
         self.default_route = config.gateway.default_route
+        self.is_open = is_open or (lambda _: False)  # a deployment whose circuit breaker is open
         enabled = {name for name in config.providers if cfgmod.provider_enabled(config, name, env)}
         self.by_model: dict[str, list[Deployment]] = {
             model: [
@@ -28,6 +34,12 @@ class RouteTable:
             for model, m in config.models.items()
         }
         self.routes: dict[str, list[str]] = {name: list(r.models) for name, r in config.routes.items()}
+        self.degrade: dict[str, DegradePlan] = {}
+        for name, r in config.routes.items():
+            cheaper = self.by_model.get(r.degrade_model or "", []) if "cheaper_model" in r.degrade else []
+            template = r.degrade_template if "template" in r.degrade else None
+            if cheaper or template is not None:
+                self.degrade[name] = DegradePlan(cheaper=cheaper, template=template)
 
     def plan(self, req: RouteRequest) -> RoutePlan:
         if req.model:
@@ -65,7 +77,10 @@ class RouteTable:
                 stage=ROUTER,
                 retryable=False,
             )
-        return RoutePlan(route=route, candidates=candidates)
+        # Skip deployments whose breaker is open. When that leaves none, the executor gets them all:
+        # its breakers answer at once (with when to retry), or the route's degradation steps run.
+        closed = [d for d in candidates if not self.is_open(d.name)]
+        return RoutePlan(route=route, candidates=closed or candidates, degrade=self.degrade.get(route))
 
     def models_for(self, principal: Principal) -> ModelList:
         names = [m for m, deps in self.by_model.items() if deps and principal.may_use(m)]

@@ -1,11 +1,12 @@
-"""Router wiring: mesh.v1.router.route and llm.v1.models."""
+"""Router wiring: mesh.v1.router.route and llm.v1.models; watches the breaker bucket."""
 
 from __future__ import annotations
 
 from nats.micro.request import Request
 
 from services.router.handlers import RouteTable
-from shared import bus, headers, jetstream
+from shared import breakers, bus, headers, jetstream
+from shared.breakers import BreakerView
 from shared.headers import RequestContext
 from shared.keys import KeyStore
 from shared.runtime import Env, Running
@@ -14,7 +15,9 @@ from shared.subjects import OP_ROUTE, ROUTER
 
 
 async def start(env: Env) -> Running:
-    table = RouteTable(env.config)
+    view = BreakerView(await breakers.bucket(env.js, env.names))
+    watch = await view.start()
+    table = RouteTable(env.config, is_open=view.is_open)
     keys = KeyStore(env.config, await jetstream.ensure_bucket(env.js, env.names.keys_bucket))
     stage = env.stage(ROUTER, "resolves models and routes to ordered candidate deployments")
 
@@ -34,4 +37,4 @@ async def start(env: Env) -> Running:
         stage.group(env.names.mesh_group(ROUTER)), name=OP_ROUTE, req_type=RouteRequest, handler=route
     )
     await stage.add_raw(stage.service, name="models", subject=env.names.models, handler=models)
-    return Running(ROUTER, stage)
+    return Running(ROUTER, stage, tasks=[watch])

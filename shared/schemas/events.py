@@ -34,6 +34,7 @@ class RequestFacts(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     attempts: list[Attempt] = []
     validation: str = ""
     metadata: dict[str, str] = {}
+    degraded: str = ""  # "", "cheaper_model", "template": the answer was a degraded one
 
 
 FACT_FIELDS: tuple[str, ...] = RequestFacts.__struct_fields__

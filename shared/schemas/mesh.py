@@ -24,6 +24,7 @@ class Deployment(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     price_out_per_mtok: float = 0.0
     context_window: int = 128_000
     max_output_tokens: int = 4_096
+    max_attempts: int = 1  # attempts on this deployment before the next candidate (retries = this - 1)
 
 
 # -- router ----------------------------------------------------------------------------
@@ -32,9 +33,17 @@ class RouteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     route: str | None = None
 
 
+class DegradePlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What a route allows when every candidate failed, tried in this order."""
+
+    cheaper: list[Deployment] = []  # the deployments of the route's cheaper model
+    template: str | None = None  # a configured message
+
+
 class RoutePlan(msgspec.Struct, kw_only=True, frozen=True):
     route: str
     candidates: list[Deployment]
+    degrade: DegradePlan | None = None
 
 
 # -- budgeter --------------------------------------------------------------------------
@@ -79,6 +88,10 @@ class ExecuteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
     candidates: list[Deployment]
     response_id: str
     stream_inbox: str | None = None  # publish chunks here (the client's inbox)
+    route: str = ""
+    degrade: DegradePlan | None = None  # set only when the request and its route allow degrading
+    idempotency_key: str | None = None  # the client's Idempotency-Key header
+    coalesce_key: str | None = None  # identical cacheable requests share one provider call
 
 
 class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -92,6 +105,7 @@ class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
     attempts: list[Attempt] = []
     chunks: int = 0
     cost_usd: float = 0.0
+    degraded: str = ""  # "", "cheaper_model", "template"
 
 
 # -- validator -------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_provider_message_falls_back_to_the_sdk_message() -> None:
         ({"retry-after-ms": "750"}, 750),
         ({"retry-after-ms": "750", "retry-after": "9"}, 750),  # the precise one wins
         ({"Retry-After": "3"}, 3000),  # header names are case-insensitive
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),  # an HTTP date is not parsed
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0),  # an HTTP date in the past: now
         ({"retry-after-ms": "soon"}, None),
         ({}, None),
     ],
