@@ -167,8 +167,18 @@ def bench(
         list[int] | None, typer.Option("-c", "--concurrency", help="Concurrency levels (repeatable).")
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Streamed requests.")] = False,
+    scenario: Annotated[
+        str, typer.Option("--scenario", help="mesh (NATS path) or http (the HTTP door, streamed and not).")
+    ] = "mesh",
 ) -> None:
     """Measure the mesh against the simulator directly, in the same run (see README)."""
+    if scenario == "http":
+        from services.cli import bench_http  # noqa: PLC0415
+
+        _run(bench_http.run(requests, concurrency or [1, 32, 128]))
+    if scenario != "mesh":
+        typer.echo(f"unknown scenario {scenario!r}; choose mesh or http", err=True)
+        raise typer.Exit(2)
     from services.cli import bench as bench_mod  # noqa: PLC0415
 
     _run(bench_mod.run(requests, concurrency or [1, 32], stream=stream))
