@@ -4,7 +4,7 @@ Grammar (used by the ``x-sim-fault`` header, the ``[sim:...]`` content directive
 
     spec  := item ("," item)*
     item  := key "=" value | key          (a bare key sets a boolean to true)
-    key   := latency | chunk_delay | status | retry_after | error_rate | hang | malformed | output
+    key   := latency | chunk_delay | status | retry_after | error_rate | hang | malformed | output | mix
              (the FaultConfig field names latency_ms, chunk_delay_ms, retry_after_s are accepted too)
 
 Whitespace around items is ignored, empty items are skipped, keys are case-insensitive.  The
@@ -38,6 +38,8 @@ _ALIASES: dict[str, str] = {
     "hang": "hang",
     "malformed": "malformed",
     "output": "output",
+    "mix": "status_mix",
+    "status_mix": "status_mix",
 }
 _BOOLS: dict[str, bool] = {
     "true": True,
@@ -94,6 +96,8 @@ def _convert(field: str, key: str, raw: str | None) -> Any:
         return flag
     if raw is None or raw == "":
         raise FaultSpecError(f"fault '{key}' needs a value ('{key}=...')")
+    if field == "status_mix":
+        return _mix(key, raw)
     if field == "output":
         mode = _OUTPUTS.get(raw.lower())
         if mode is None:
@@ -111,6 +115,22 @@ def _convert(field: str, key: str, raw: str | None) -> Any:
     return _int(key, raw)
 
 
+def _mix(key: str, raw: str) -> dict[int, float]:
+    """``429:0.3/503:0.1``: statuses with their probabilities (which sum to at most 1)."""
+    out: dict[int, float] = {}
+    for part in raw.split("/"):
+        status_raw, sep, rate_raw = part.strip().partition(":")
+        if not sep:
+            raise FaultSpecError(f"fault '{key}' items are STATUS:RATE joined by '/', got {part!r}")
+        status = _int(key, status_raw.strip())
+        if not 400 <= status <= 599:
+            raise FaultSpecError(f"fault '{key}' statuses must be 400-599, got {status}")
+        out[status] = _float(key, rate_raw.strip(), 1.0)
+    if sum(out.values()) > 1.0 + 1e-9:
+        raise FaultSpecError(f"fault '{key}' rates add up to more than 1")
+    return out
+
+
 def parse_fault_spec(spec: str) -> dict[str, Any]:
     """Parse ``spec`` into FaultConfig field overrides, e.g. ``"status=429,hang"`` ->
     ``{"status": 429, "hang": True}``.  Raises :class:`FaultSpecError`."""
@@ -126,7 +146,7 @@ def parse_fault_spec(spec: str) -> dict[str, Any]:
         key = key.strip().lower()
         field = _ALIASES.get(key)
         if field is None:
-            known = "latency, chunk_delay, status, retry_after, error_rate, hang, malformed, output"
+            known = "latency, chunk_delay, status, retry_after, error_rate, hang, malformed, output, mix"
             raise FaultSpecError(f"unknown fault {key!r} in {spec!r} (known: {known})")
         out[field] = _convert(field, key, raw.strip() if sep else None)
     return out
@@ -184,6 +204,18 @@ def status_applies(fault: FaultConfig, rng: random.Random) -> bool:
     if rate <= 0.0 or rate >= 1.0:
         return True
     return rng.random() < rate
+
+
+def pick_status(fault: FaultConfig, rng: random.Random) -> int:
+    """The error status for this request (0: none): from ``status_mix`` when set, else ``status``."""
+    if fault.status_mix:
+        r = rng.random()
+        for status, rate in fault.status_mix.items():
+            if r < rate:
+                return status
+            r -= rate
+        return 0
+    return fault.status if status_applies(fault, rng) else 0
 
 
 def retry_headers(fault: FaultConfig) -> dict[str, str]:

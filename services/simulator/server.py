@@ -13,7 +13,7 @@ from multidict import CIMultiDictProxy
 
 from services.simulator.anthropic_wire import AnthropicWire
 from services.simulator.anthropic_wire import authorized as any_key
-from services.simulator.faults import HEADER, FaultResolver, FaultSpecError, retry_headers, status_applies
+from services.simulator.faults import HEADER, FaultResolver, FaultSpecError, pick_status, retry_headers
 from services.simulator.openai_wire import OpenAIWire
 from services.simulator.openai_wire import error_body as openai_error
 from shared.schemas.simulator import FaultConfig, SimulatorConfig
@@ -249,10 +249,11 @@ class SimulatorServer:
         if fault.hang:
             note("hang")
             await self._hang(request)
-        if status_applies(fault, self._rng):
+        status = pick_status(fault, self._rng)
+        if status:
             note("status")
-            message = f"Simulated fault: HTTP {fault.status}"
-            return _error(fault.status, wire.error_body(fault.status, message), retry_headers(fault))
+            message = f"Simulated fault: HTTP {status}"
+            return _error(status, wire.error_body(status, message), retry_headers(fault))
         if fault.malformed:
             note("malformed")
             if req.stream:

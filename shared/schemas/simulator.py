@@ -41,6 +41,9 @@ class FaultConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
         hang: accept the request and never answer until the client disconnects.
         malformed: answer 200 with a body that is not valid JSON (or a broken SSE event).
         output: shape of the reply content, see :data:`OutputMode`.
+        status_mix: several error statuses, each with its own probability (``{429: 0.3, 503: 0.1}``:
+            30 % 429s, 10 % 503s, 60 % no status fault; one draw per request). When set, it replaces
+            ``status`` and ``error_rate``.
     """
 
     latency_ms: NonNegInt = 0
@@ -51,6 +54,7 @@ class FaultConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     hang: bool = False
     malformed: bool = False
     output: OutputMode = "auto"
+    status_mix: dict[Annotated[int, msgspec.Meta(ge=400, le=599)], Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]] = {}
 
 
 class SimulatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
