@@ -168,7 +168,11 @@ def bench(
     ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Streamed requests.")] = False,
     scenario: Annotated[
-        str, typer.Option("--scenario", help="mesh (NATS path) or http (the HTTP door, streamed and not).")
+        str,
+        typer.Option(
+            "--scenario",
+            help="mesh (NATS path), http (the HTTP door, streamed and not) or resilience (failing providers).",
+        ),
     ] = "mesh",
 ) -> None:
     """Measure the mesh against the simulator directly, in the same run (see README)."""
@@ -176,8 +180,12 @@ def bench(
         from services.cli import bench_http  # noqa: PLC0415
 
         _run(bench_http.run(requests, concurrency or [1, 32, 128]))
+    if scenario == "resilience":
+        from services.cli import bench_resilience  # noqa: PLC0415
+
+        _run(bench_resilience.run(requests, (concurrency or [32])[0], hang_seconds=8.0))
     if scenario != "mesh":
-        typer.echo(f"unknown scenario {scenario!r}; choose mesh or http", err=True)
+        typer.echo(f"unknown scenario {scenario!r}; choose mesh, http or resilience", err=True)
         raise typer.Exit(2)
     from services.cli import bench as bench_mod  # noqa: PLC0415
 
