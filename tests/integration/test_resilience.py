@@ -461,3 +461,52 @@ async def test_identical_concurrent_cacheable_requests_are_coalesced(rmesh: Mesh
     outcomes = sorted(reply_of(m).lockgate.attempts[0].outcome for m in replies)
     assert calls(rsim, "slow-ok") == 1
     assert outcomes == ["coalesced"] * 4 + ["ok"]
+
+
+async def test_idempotency_key_holds_across_executor_replicas(
+    rmesh: Mesh, rsim: SimulatorServer, nats_server: NatsServer
+) -> None:
+    nc2 = await nats.connect(nats_server.url, name="second-executor")
+    second = await host.start(nc2, rmesh.config, ["executor"])
+    try:
+        key = {headers.IDEMPOTENCY_KEY: f"pay-{uuid.uuid4().hex}"}
+        replies = await asyncio.gather(*(send(rmesh, ask("pay once", model="m-slow"), extra=key) for _ in range(8)))
+        assert len({reply_of(m).choices[0].message.content for m in replies}) == 1
+        assert calls(rsim, "slow-ok") == 1
+    finally:
+        await host.stop(second)
+        await nc2.drain()
+
+
+async def test_streamed_repeat_of_an_idempotent_request_gets_the_first_answer(
+    rmesh: Mesh, rsim: SimulatorServer
+) -> None:
+    key = {headers.IDEMPOTENCY_KEY: f"s-{uuid.uuid4().hex}"}
+    first = reply_of(await send(rmesh, ask("stream me", model="m-slow"), extra=key))
+    inbox = rmesh.nc.new_inbox()
+    got: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        await got.put(msg)
+
+    sub = await rmesh.nc.subscribe(inbox, cb=on_msg)
+    h = {
+        headers.REQUEST_ID: f"rs-{uuid.uuid4().hex[:12]}",
+        headers.DEADLINE: str(headers.now_ms() + 10_000),
+        headers.AUTHORIZATION: f"Bearer {rmesh.dev_key}",
+        **key,
+    }
+    await rmesh.nc.publish(rmesh.names.chat, bus.encode(ask("stream me", model="m-slow", stream=True)), reply=inbox,
+                           headers=h)  # fmt: skip
+    events = []
+    while True:
+        msg = await asyncio.wait_for(got.get(), 10)
+        events.append(((msg.headers or {}).get(headers.EVENT), msgspec.json.decode(msg.data)))
+        if events[-1][0] != headers.EVENT_CHUNK:
+            break
+    await sub.unsubscribe()
+    kinds = [k for k, _ in events]
+    assert kinds == [headers.EVENT_CHUNK, headers.EVENT_DONE]
+    assert events[0][1]["choices"][0]["delta"]["content"] == first.choices[0].message.content
+    assert events[1][1]["chunks"] == 1
+    assert calls(rsim, "slow-ok") == 1
