@@ -10,6 +10,7 @@ from services.cache import service as cache
 from services.executor import service as executor
 from services.guard import service as guard
 from services.http import service as http
+from services.jobs import service as jobs
 from services.router import service as router
 from services.validator import service as validator
 from shared.runtime import Env, Running
@@ -25,5 +26,6 @@ SERVICES: dict[str, Starter] = {
     "validator": validator.start,
     "executor": executor.start,
     "guard": guard.start,
+    "jobs": jobs.start,  # background-job workers: items go through the guard like any request
     "http": http.start,  # the HTTP door calls llm.v1.* like any client: last, once the guard is up
 }

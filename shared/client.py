@@ -26,6 +26,7 @@ from shared import bus, errors, headers
 from shared.headers import new_id, now_ms
 from shared.runtime import connect_once
 from shared.schemas.chat import ChatChunk, ChatRequest, ChatResponse, ModelList, StreamDone
+from shared.schemas.jobs import JobAccepted, JobStatus, JobStatusRequest, JobSubmit
 from shared.subjects import GUARD, Names
 
 _chunk = msgspec.json.Decoder(ChatChunk)
@@ -157,3 +158,25 @@ class LockgateClient:
         if headers.SERVICE_ERROR_CODE in h:
             raise errors.from_reply(msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), "router")
         return msgspec.json.decode(msg.data, type=ModelList)
+
+    # -- background jobs ----------------------------------------------------------------
+    async def _call(self, subject: str, body: bytes, reply_type: type[bus.Resp], timeout_s: float) -> bus.Resp:
+        try:
+            msg = await self.nc.request(subject, body, timeout=timeout_s, headers=self._headers(timeout_s, None))
+        except nats.errors.NoRespondersError:
+            raise errors.StageUnavailable("no guard is running", stage=GUARD) from None
+        except nats.errors.TimeoutError:
+            raise errors.DeadlineExceeded("no reply before the deadline", stage="client") from None
+        h = msg.headers or {}
+        if headers.SERVICE_ERROR_CODE in h:
+            raise errors.from_reply(msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), GUARD)
+        result: bus.Resp = bus.decoder(reply_type).decode(msg.data)
+        return result
+
+    async def submit_job(self, job: JobSubmit, *, timeout_s: float = 30.0) -> JobAccepted:
+        """Queue a batch of chat requests; the job id comes back at once."""
+        return await self._call(self.names.jobs_submit, bus.encode(job), JobAccepted, timeout_s)
+
+    async def job_status(self, job_id: str, *, include_results: bool = True, timeout_s: float = 10.0) -> JobStatus:
+        body = bus.encode(JobStatusRequest(job_id=job_id, include_results=include_results))
+        return await self._call(self.names.jobs_status, body, JobStatus, timeout_s)

@@ -134,6 +134,18 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     max_body_bytes: int = 4_194_304  # larger bodies get 413 before any parsing
 
 
+class JobsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Background jobs: a JetStream work queue drained by the jobs workers."""
+
+    max_items: int = 10_000  # requests per submitted job (a JSONL batch)
+    max_deliver: int = 5  # deliveries of one item before it is dead-lettered
+    ack_wait_s: float = 120.0  # an item not acked by then is redelivered (a worker died)
+    backoff_base_ms: int = 500  # transient failure: retry after base * 2^(delivery-1), capped
+    backoff_max_ms: int = 30_000
+    result_ttl_s: int = 86_400  # how long results stay in the KV bucket
+    concurrency: int = 32  # items one worker runs at once
+
+
 class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -142,6 +154,7 @@ class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     cache: CacheConfig = CacheConfig()
     resilience: ResilienceConfig = ResilienceConfig()
     http: HttpConfig = HttpConfig()
+    jobs: JobsConfig = JobsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     providers: dict[str, ProviderConfig] = {}
     deployments: dict[str, DeploymentConfig] = {}

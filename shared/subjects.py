@@ -20,6 +20,7 @@ CACHE: Final = "cache"
 EXECUTOR: Final = "executor"
 VALIDATOR: Final = "validator"
 AUDITOR: Final = "auditor"
+JOBS: Final = "jobs"  # background-job workers (executor side)
 HTTP: Final = "http"  # the HTTP door (a mesh member that calls llm.v1.* like any client)
 STAGES: Final = (GUARD, ROUTER, BUDGETER, CACHE, EXECUTOR, VALIDATOR, AUDITOR)
 
@@ -66,6 +67,18 @@ class Names:
     @property
     def models(self) -> str:
         return self._s("llm.v1.models")
+
+    @property
+    def jobs_submit(self) -> str:
+        return self._s("llm.v1.jobs.submit")
+
+    @property
+    def jobs_status(self) -> str:
+        return self._s("llm.v1.jobs.status")
+
+    def jobs_done(self, job_id: str) -> str:
+        """Each finished item of a job is announced here (once)."""
+        return self._s(f"llm.v1.jobs.done.{token(job_id)}")
 
     @property
     def public_prefix(self) -> str:
@@ -123,3 +136,30 @@ class Names:
     @property
     def idempotency_bucket(self) -> str:
         return self._upper("LOCKGATE_IDEMPOTENCY")
+
+    # -- background jobs (JetStream work queue JOBS, dead letters JOBS_DEAD, KV results) --
+    def jobs_work(self, job_id: str, index: int) -> str:
+        return self._s(f"jobs.v1.work.{token(job_id)}.{index}")
+
+    @property
+    def jobs_work_all(self) -> str:
+        return self._s("jobs.v1.work.>")
+
+    def jobs_dead(self, job_id: str, index: int) -> str:
+        return self._s(f"jobs.v1.dead.{token(job_id)}.{index}")
+
+    @property
+    def jobs_dead_all(self) -> str:
+        return self._s("jobs.v1.dead.>")
+
+    @property
+    def jobs_stream(self) -> str:
+        return self._upper("JOBS")
+
+    @property
+    def jobs_dead_stream(self) -> str:
+        return self._upper("JOBS_DEAD")
+
+    @property
+    def jobs_bucket(self) -> str:
+        return self._upper("LOCKGATE_JOBS")

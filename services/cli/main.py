@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(help="Read the durable audit stream.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+jobs_app = typer.Typer(help="Background jobs (a JetStream work queue).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 
 NatsUrl = Annotated[str, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS server URL.")]
 ConfigOpt = Annotated[
@@ -150,6 +152,22 @@ def audit_tail(
     from services.cli import audit as audit_mod  # noqa: PLC0415
 
     _run(audit_mod.tail(nats_url, tenant=tenant, namespace=namespace, from_start=from_start, follow=follow))
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    file: Annotated[Path, typer.Argument(help="JSONL: one chat request (or OpenAI batch line) per line.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results (default: FILE.results.jsonl).")] = None,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    api_key: Annotated[str, typer.Option("--api-key", envvar="LOCKGATE_API_KEY", help="Your Lockgate API key.")] = "",
+) -> None:
+    """Queue a batch as one background job, show a progress bar, write one result line per request."""
+    from services.cli import jobs as jobs_mod  # noqa: PLC0415
+
+    if not api_key:
+        typer.echo("no API key: pass --api-key or set LOCKGATE_API_KEY (lockgate up prints one)", err=True)
+        raise typer.Exit(2)
+    _run(jobs_mod.submit(nats_url, api_key, file, out or file.with_suffix(".results.jsonl")))
 
 
 @app.command()

@@ -1,9 +1,10 @@
-"""Guard wiring: llm.v1.chat."""
+"""Guard wiring: llm.v1.chat, llm.v1.jobs.submit and llm.v1.jobs.status."""
 
 from __future__ import annotations
 
 from services.guard.handlers import Guard
-from shared import jetstream
+from services.guard.jobs import JobDesk
+from shared import jetstream, jobstore
 from shared.keys import KeyStore
 from shared.runtime import Env, Running
 from shared.subjects import GUARD
@@ -16,4 +17,8 @@ async def start(env: Env) -> Running:
     guard = Guard(env.nc, env.js, env.config, env.names, KeyStore(env.config, bucket), on_error=stage.record_error)
     await stage.start()
     await stage.add_raw(stage.service, name="chat", subject=env.names.chat, handler=guard.chat)
+    store = jobstore.JobStore(await jobstore.ensure(env.js, env.names, env.config.jobs))
+    desk = JobDesk(stage, env.js, env.config, env.names, guard.keys, bucket, store)
+    await stage.add_raw(stage.service, name="jobs-submit", subject=env.names.jobs_submit, handler=desk.submit)
+    await stage.add_raw(stage.service, name="jobs-status", subject=env.names.jobs_status, handler=desk.status)
     return Running(GUARD, stage)

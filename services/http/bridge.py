@@ -70,6 +70,12 @@ class Bridge:
     async def models(self, key: str | None, request_id: str) -> ModelList:
         return MODELS.decode((await self._request(self.names.models, b"", key, request_id, ROUTER)).data)
 
+    async def jobs_submit(self, body: bytes, key: str | None, request_id: str) -> bytes:
+        return (await self._request(self.names.jobs_submit, body, key, request_id, GUARD)).data
+
+    async def jobs_status(self, body: bytes, key: str | None, request_id: str) -> bytes:
+        return (await self._request(self.names.jobs_status, body, key, request_id, GUARD)).data
+
     async def stream(self, body: bytes, key: str | None, request_id: str) -> ChatStream:
         """Publish with an inbox of ours as reply; chunks, then one done or one error, arrive there."""
         inbox = self.nc.new_inbox()

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.http import anthropic_api, openai_api
+from services.http import anthropic_api, jobs_api, openai_api
 from services.http.bridge import Bridge
 from services.http.door import Door
 from shared import bus
@@ -44,6 +44,8 @@ def build_app(door: Door, env: Env) -> web.Application:
     app.router.add_post("/v1/chat/completions", bind(openai_api.chat_completions))
     app.router.add_get("/v1/models", bind(openai_api.models))
     app.router.add_post("/v1/messages", bind(anthropic_api.messages))
+    app.router.add_post("/v1/jobs", bind(jobs_api.submit))
+    app.router.add_get("/v1/jobs/{job_id}", bind(jobs_api.status))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -73,7 +73,7 @@ def test_up_prints_script_readable_lines(up: Up) -> None:
     assert up.values["SIMULATOR_URL"].startswith("http://127.0.0.1:")
     assert up.values["LOCKGATE_API_KEY"] == "lg-test-dev-key"
     assert up.values["HTTP_URL"].startswith("http://127.0.0.1:")
-    assert up.values["READY"].startswith("8 services")
+    assert up.values["READY"].startswith("9 services")
 
 
 def test_up_serves_the_http_door(up: Up) -> None:
@@ -104,6 +104,20 @@ def test_chat_streams_token_by_token(up: Up) -> None:
     assert streamed.stdout == plain.stdout  # the simulator is deterministic
 
 
+def test_jobs_submit_shows_progress_and_writes_results(up: Up, tmp_path: Path) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": f"batch item {i}"}]}) + "\n" for i in range(3))
+    )
+    out = up.run("jobs", "submit", str(batch))
+    assert out.returncode == 0, out.stderr
+    assert "3 completed, 0 failed" in out.stdout
+    results = [json.loads(line) for line in (tmp_path / "batch.results.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert all(r["state"] == "completed" for r in results)
+    assert results[0]["response"]["choices"][0]["message"]["content"].startswith("Simulated reply")
+
+
 def test_chat_with_a_json_schema(up: Up, tmp_path: Path) -> None:
     schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
     path = tmp_path / "colour.json"
@@ -127,7 +141,7 @@ def test_chat_reports_errors_with_their_type(up: Up) -> None:
 def test_status_lists_the_services(up: Up) -> None:
     out = up.run("status")
     assert out.returncode == 0, out.stderr
-    for name in ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "http"):
+    for name in ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "jobs", "http"):
         assert name in out.stdout
 
 
@@ -167,7 +181,7 @@ def test_split_runs_each_service_as_its_own_process(tmp_path: Path) -> None:
     try:
         children = psutil.Process(up.proc.pid).children(recursive=True)
         served = [" ".join(c.cmdline()) for c in children if "serve" in c.cmdline()]
-        assert len(served) == 8  # seven stages and the HTTP door
+        assert len(served) == 9  # seven stages, the jobs workers and the HTTP door
         out = up.run("chat", "Hello from split mode", "--stream")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("Simulated reply")

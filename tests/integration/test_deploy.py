@@ -42,6 +42,7 @@ from shared import jetstream, keys
 from shared.client import LockgateClient
 from shared.runtime import Running
 from shared.schemas.chat import ChatRequest, Message
+from shared.schemas.jobs import JobSubmit
 from shared.subjects import Names
 from tests.conftest import make_config
 
@@ -52,7 +53,7 @@ NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 CONFIG_IN_CONTAINER = "/etc/lockgate/lockgate.toml"
 
-SERVICES = ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "http", "simulator")
+SERVICES = ("guard", "router", "budgeter", "cache", "executor", "validator", "auditor", "jobs", "http", "simulator")
 # The simulator is an HTTP server and does not use NATS.
 NATS_SERVICES = tuple(s for s in SERVICES if s != "simulator")
 NATS_USERS = (*NATS_SERVICES, "client", "admin")
@@ -477,6 +478,10 @@ PUBLISH_RULES = [
     ("http", "llm.v1.chat", "guard", True),  # the HTTP door is a client of the public API
     ("http", "mesh.v1.executor.run", "executor", False),
     ("http", "events.v1.usage.t1", "auditor", False),
+    ("jobs", "llm.v1.chat", "guard", True),  # job items go through the guard
+    ("jobs", "mesh.v1.executor.run", "executor", False),
+    ("jobs", "llm.v1.jobs.done.j1", "client", True),
+    ("client", "llm.v1.jobs.done.j1", "client", True),
 ]
 
 
@@ -656,6 +661,17 @@ async def test_real_services_work_under_their_own_users(nats_url: str, simulator
             )
             body = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(request, timeout=5).read()))
             assert body["object"] == "chat.completion"
+
+            # A background job: guard queues it, the jobs worker (own user) runs it through the guard.
+            job = JobSubmit(requests=[ChatRequest(messages=[Message(role="user", content="as a job")])])
+            accepted = await gateway.submit_job(job, timeout_s=5)
+            states = []
+            for _ in range(200):
+                states.append((await gateway.job_status(accepted.job_id)).state)
+                if states[-1] in ("completed", "failed"):
+                    break
+                await asyncio.sleep(0.05)
+            assert states[-1] == "completed"
         finally:
             await host.stop(running)
         for conn in (*services.values(), admin, client):

@@ -58,7 +58,11 @@ async def test_info_lists_endpoints_in_the_mesh_namespace(mesh: Mesh) -> None:
     ns = mesh.names.namespace
     guard = ours(mesh, await gather_replies(mesh, "$SRV.INFO.guard"))["guard"]
     assert guard["type"] == "io.nats.micro.v1.info_response"
-    assert [e["subject"] for e in guard["endpoints"]] == [mesh.names.chat]
+    assert [e["subject"] for e in guard["endpoints"]] == [
+        mesh.names.chat,
+        mesh.names.jobs_submit,
+        mesh.names.jobs_status,
+    ]
     assert guard["endpoints"][0]["queue_group"] == "guard"
     everything = ours(mesh, await gather_replies(mesh, "$SRV.INFO"))
     subjects = {name: {e["subject"] for e in info["endpoints"]} for name, info in everything.items()}

@@ -1,0 +1,1 @@
+"""Background-job workers: drain the JOBS work queue through the guard, record results in KV."""
