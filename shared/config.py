@@ -81,13 +81,14 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     max_output_tokens: int = 4_096
 
 
-DegradeStep = Literal["cheaper_model", "template"]
+DegradeStep = Literal["similar", "cheaper_model", "template"]
 
 
 class RouteConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     models: list[str]
     # When every candidate failed and the request sets lockgate.degrade: these steps, in this order.
     degrade: list[DegradeStep] = []
+    degrade_similarity: float = 0.6  # the least similarity of a cached answer ("similar"), Jaccard of words
     degrade_model: str | None = None  # the cheaper model ("cheaper_model")
     degrade_template: str | None = None  # the message ("template")
 
@@ -187,6 +188,8 @@ def _check(cfg: LockgateConfig) -> None:
                 problems.append(f"routes.{name}.models: unknown model {model_name!r}")
         if "cheaper_model" in route.degrade and route.degrade_model not in cfg.models:
             problems.append(f"routes.{name}.degrade_model: 'cheaper_model' needs a known model")
+        if not 0.0 < route.degrade_similarity <= 1.0:
+            problems.append(f"routes.{name}.degrade_similarity: must be in (0, 1]")
         if "template" in route.degrade and not route.degrade_template:
             problems.append(f"routes.{name}.degrade_template: 'template' needs a message")
     if cfg.routes and cfg.gateway.default_route not in cfg.routes:

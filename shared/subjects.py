@@ -28,6 +28,7 @@ STAGES: Final = (GUARD, ROUTER, BUDGETER, CACHE, EXECUTOR, VALIDATOR, AUDITOR)
 OP_ROUTE: Final = "route"
 OP_RESERVE: Final = "reserve"
 OP_LOOKUP: Final = "lookup"
+OP_SIMILAR: Final = "similar"
 OP_EXECUTE: Final = "execute"
 OP_VALIDATE: Final = "validate"
 

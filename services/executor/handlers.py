@@ -5,9 +5,9 @@ failures (``retry``), waiting the provider's hint or an exponential backoff
 with full jitter in between — when that wait still fits the deadline;
 otherwise the next candidate at once. A circuit breaker per deployment
 (``breaker``) refuses attempts while it is open. When every candidate failed,
-the route's degradation steps run (a cheaper model, a template message) if
-the request allows it; otherwise ``upstream_unavailable`` with a
-``retry_after_ms``.
+the route's degradation steps run if the request allows it (a similar cached
+answer, a cheaper model, a template message); otherwise
+``upstream_unavailable`` with a ``retry_after_ms``.
 
 Streaming: deltas go straight to the client's inbox as numbered chunks. A
 failure before the first chunk falls through to the next attempt; after the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
@@ -28,7 +29,7 @@ from services.executor import providers, retry
 from services.executor.breaker import Breakers
 from services.executor.idempotency import IdempotencyStore, SingleFlight, replay
 from services.executor.providers import Clients, Final
-from shared import bus, headers
+from shared import bus, headers, similarity
 from shared.config import ResilienceConfig
 from shared.errors import (
     ContextTooLong,
@@ -40,7 +41,7 @@ from shared.errors import (
 )
 from shared.headers import RequestContext
 from shared.schemas.chat import Attempt, ChatChunk, ChunkChoice, ChunkDelta, ToolCall, Usage
-from shared.schemas.mesh import Deployment, ExecuteRequest, ExecuteResult
+from shared.schemas.mesh import CacheResult, Deployment, ExecuteRequest, ExecuteResult, SimilarLookup
 from shared.subjects import EXECUTOR
 
 log = structlog.get_logger("lockgate.executor")
@@ -48,6 +49,8 @@ log = structlog.get_logger("lockgate.executor")
 REPLY_MARGIN_S = 0.05  # leave the guard time to answer before the deadline
 MIN_ATTEMPT_S = 0.05
 DEFAULT_RETRY_AFTER_MS = 1_000  # told to a client when nothing better is known
+
+FindSimilar = Callable[[SimilarLookup, RequestContext], Awaitable[CacheResult | None]]
 
 
 class _StreamBroken(Exception):
@@ -74,6 +77,7 @@ class Executor:
         breakers: Breakers | None = None,
         idempotency: IdempotencyStore | None = None,
         rng: random.Random | None = None,
+        similar: FindSimilar | None = None,
     ) -> None:
         self.nc = nc
         self.clients = clients
@@ -82,6 +86,7 @@ class Executor:
         self.idempotency = idempotency
         self.coalescer = SingleFlight()
         self.rng = rng or random.Random()
+        self.similar = similar
 
     async def execute(self, req: ExecuteRequest, ctx: RequestContext) -> ExecuteResult:
         if req.idempotency_key and self.idempotency is not None:
@@ -201,6 +206,28 @@ class Executor:
         plan = req.degrade
         if plan is None:
             return None
+        if plan.similar_min is not None and self.similar is not None:
+            lookup = SimilarLookup(
+                tenant=ctx.tenant,
+                route=req.route,
+                fingerprint=similarity.fingerprint(req.request.messages),
+                min_similarity=plan.similar_min,
+            )
+            found = await self.similar(lookup, ctx)
+            if found is not None and found.completion is not None:
+                log.warning("degraded", how="similar")
+                c = found.completion
+                chunks = 0
+                if req.stream_inbox is not None and c.content:
+                    await self._publish_chunk(req.stream_inbox, req.response_id, c.model, int(time.time()), 0,
+                                              c.content, ctx)  # fmt: skip
+                    await self.nc.flush()
+                    chunks = 1
+                return ExecuteResult(
+                    content=c.content, tool_calls=c.tool_calls, finish_reason=c.finish_reason, model=c.model,
+                    deployment=c.deployment, provider="cache", attempts=run.attempts, chunks=chunks,
+                    degraded="similar",
+                )  # fmt: skip
         for dep in plan.cheaper:
             result = await self._try_deployment(req, dep, ctx, run, max_attempts=1)
             if result is not None:

@@ -9,11 +9,12 @@ from services.executor.providers import Clients
 from shared import breakers as shared_breakers
 from shared import bus, headers, jetstream
 from shared.breakers import BreakerView
+from shared.errors import LockgateError
 from shared.headers import RequestContext
 from shared.runtime import Env, Running
 from shared.schemas.breaker import BreakerEvent, BreakerState, BreakerStateName
-from shared.schemas.mesh import ExecuteRequest, ExecuteResult
-from shared.subjects import EV_BREAKER, EXECUTOR, OP_EXECUTE
+from shared.schemas.mesh import CacheResult, ExecuteRequest, ExecuteResult, SimilarLookup
+from shared.subjects import CACHE, EV_BREAKER, EXECUTOR, OP_EXECUTE, OP_SIMILAR
 
 
 async def start(env: Env) -> Running:
@@ -39,7 +40,17 @@ async def start(env: Env) -> Running:
     view = BreakerView(kv, on_change=breakers.adopt)
     watch = await view.start()
     idem_kv = await jetstream.ensure_bucket(env.js, env.names.idempotency_bucket, ttl_s=float(res.idempotency_ttl_s))
-    executor = Executor(env.nc, clients, res, breakers, IdempotencyStore(idem_kv))
+    similar_subject = env.names.mesh(CACHE, OP_SIMILAR)
+    cache_policy = env.config.stages.cache
+
+    async def find_similar(lookup: SimilarLookup, ctx: RequestContext) -> CacheResult | None:
+        try:
+            return await bus.call(env.nc, similar_subject, lookup, CacheResult, ctx, stage=CACHE,
+                                  timeout_s=cache_policy.timeout_ms / 1000.0)  # fmt: skip
+        except LockgateError:  # the similar-answer tier fails open: on to the next degradation step
+            return None
+
+    executor = Executor(env.nc, clients, res, breakers, IdempotencyStore(idem_kv), similar=find_similar)
     stage = env.stage(EXECUTOR, "calls providers through the official SDKs, streaming to the client")
 
     async def execute(req: ExecuteRequest, ctx: RequestContext) -> ExecuteResult:

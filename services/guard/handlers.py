@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.micro.request import Request
 
 from services.guard import inputs, replies
-from shared import bus, headers
+from shared import bus, headers, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
     DeadlineExceeded,
@@ -341,6 +341,7 @@ class Guard:
             degraded=r.degraded if r else "",
             cache_key=tr.cache_key if completion is not None else "",
             completion=completion,
+            fingerprint=similarity.fingerprint(req.messages) if completion is not None and req else [],
             metadata=req.lockgate.metadata if req else {},
         )
         subject = self.names.event(EV_COMPLETION, ev.tenant)  # Names makes the tenant a safe token

@@ -38,8 +38,9 @@ class RouteTable:
         for name, r in config.routes.items():
             cheaper = self.by_model.get(r.degrade_model or "", []) if "cheaper_model" in r.degrade else []
             template = r.degrade_template if "template" in r.degrade else None
-            if cheaper or template is not None:
-                self.degrade[name] = DegradePlan(cheaper=cheaper, template=template)
+            similar = r.degrade_similarity if "similar" in r.degrade else None
+            if cheaper or template is not None or similar is not None:
+                self.degrade[name] = DegradePlan(similar_min=similar, cheaper=cheaper, template=template)
 
     def plan(self, req: RouteRequest) -> RoutePlan:
         if req.model:

@@ -52,6 +52,7 @@ class CompletionEvent(RequestFacts, kw_only=True, frozen=True, omit_defaults=Tru
     budget_window: str = ""
     cache_key: str = ""
     completion: CachedCompletion | None = None  # set when the answer may be cached
+    fingerprint: list[int] = []  # shared.similarity.fingerprint, with completion (never the prompt text)
 
 
 class AuditRecord(RequestFacts, kw_only=True, frozen=True, omit_defaults=True):

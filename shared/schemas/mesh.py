@@ -36,6 +36,7 @@ class RouteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
 class DegradePlan(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """What a route allows when every candidate failed, tried in this order."""
 
+    similar_min: float | None = None  # a cached answer at least this similar (cache.similar); None: not allowed
     cheaper: list[Deployment] = []  # the deployments of the route's cheaper model
     template: str | None = None  # a configured message
 
@@ -77,6 +78,15 @@ class CacheLookup(msgspec.Struct, kw_only=True, frozen=True):
     key: str
 
 
+class SimilarLookup(msgspec.Struct, kw_only=True, frozen=True):
+    """The most similar cached answer of this tenant and route, if it is similar enough."""
+
+    tenant: str
+    route: str
+    fingerprint: list[int]  # shared.similarity.fingerprint of the request
+    min_similarity: float
+
+
 class CacheResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     hit: Literal["", "exact", "semantic"] = ""
     completion: CachedCompletion | None = None
@@ -105,7 +115,7 @@ class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
     attempts: list[Attempt] = []
     chunks: int = 0
     cost_usd: float = 0.0
-    degraded: str = ""  # "", "cheaper_model", "template"
+    degraded: str = ""  # "", "similar", "cheaper_model", "template"
 
 
 # -- validator -------------------------------------------------------------------------

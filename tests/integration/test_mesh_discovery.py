@@ -68,7 +68,7 @@ async def test_info_lists_endpoints_in_the_mesh_namespace(mesh: Mesh) -> None:
     subjects = {name: {e["subject"] for e in info["endpoints"]} for name, info in everything.items()}
     assert subjects["router"] == {f"{ns}.mesh.v1.router.route", f"{ns}.llm.v1.models"}
     assert subjects["budgeter"] == {f"{ns}.mesh.v1.budgeter.reserve"}
-    assert subjects["cache"] == {f"{ns}.mesh.v1.cache.lookup"}
+    assert subjects["cache"] == {f"{ns}.mesh.v1.cache.lookup", f"{ns}.mesh.v1.cache.similar"}
     assert subjects["executor"] == {f"{ns}.mesh.v1.executor.execute"}
     assert subjects["validator"] == {f"{ns}.mesh.v1.validator.validate"}
     assert subjects["auditor"] == set()

@@ -131,6 +131,15 @@ degrade = ["cheaper_model", "template"]
 degrade_model = "m-cheap"
 degrade_template = "We are busy; please try again shortly."
 
+[models.m-flipper]
+deployments = ["d-flip"]
+
+[routes.similar]
+models = ["m-flipper"]
+degrade = ["similar", "template"]
+degrade_similarity = 0.6
+degrade_template = "We are busy; please try again shortly."
+
 [routes.template-only]
 models = ["m-dead"]
 degrade = ["template"]
@@ -510,3 +519,26 @@ async def test_streamed_repeat_of_an_idempotent_request_gets_the_first_answer(
     assert events[0][1]["choices"][0]["delta"]["content"] == first.choices[0].message.content
     assert events[1][1]["chunks"] == 1
     assert calls(rsim, "slow-ok") == 1
+
+
+async def test_degrades_to_a_similar_cached_answer(rmesh: Mesh, rsim: SimulatorServer) -> None:
+    rsim.config.profiles["flip"] = FaultConfig()
+    first = await rmesh.client.chat(ask("What is the capital of France?", model="similar", temperature=0))
+    assert first.lockgate.degraded == ""
+
+    async def cached() -> bool:  # the cache has filled from the completion event
+        again = await rmesh.client.chat(ask("What is the capital of France?", model="similar", temperature=0))
+        return again.lockgate.cached == "exact"
+
+    await eventually(cached, timeout_s=3.0)
+    rsim.config.profiles["flip"] = FaultConfig(status=503)
+    similar = reply_of(
+        await send(rmesh, ask("what is the capital of france, again", model="similar", lockgate={"degrade": True}))
+    )
+    assert similar.lockgate.degraded == "similar"
+    assert similar.choices[0].message.content == first.choices[0].message.content
+    assert [a.outcome for a in similar.lockgate.attempts] == ["upstream_error"]
+    unrelated = reply_of(
+        await send(rmesh, ask("how do I bake sourdough bread", model="similar", lockgate={"degrade": True}))
+    )
+    assert unrelated.lockgate.degraded == "template"
