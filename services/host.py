@@ -8,7 +8,7 @@ from services.registry import SERVICES
 from shared import jetstream
 from shared.config import LockgateConfig
 from shared.runtime import Env, Running
-from shared.subjects import Names
+from shared.subjects import EXECUTOR, OP_CANCEL, Names
 
 
 class UnknownService(ValueError):
@@ -26,6 +26,9 @@ async def start(nc: Client, config: LockgateConfig, names: list[str]) -> list[Ru
         for name in SERVICES:  # registry order, whatever order they were asked in
             if name in names:
                 started.append(await SERVICES[name](env))
+                running = started[-1]
+                if name == EXECUTOR and running.stage is not None:  # the stage holding the provider call
+                    await running.stage.cancel_on(env.names.mesh(EXECUTOR, OP_CANCEL))
     except BaseException:
         await stop(started)
         raise

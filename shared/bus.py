@@ -15,6 +15,7 @@ and returns the typed reply, or raises the exception class the stage raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,8 @@ import msgspec
 import nats.errors
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Group, Service
@@ -33,6 +36,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 log = structlog.get_logger("lockgate.bus")
+CANCELLED_BY_CLIENT = "lockgate: cancelled by the client"  # the message of the task cancellation
 _encoder = msgspec.json.Encoder()
 
 
@@ -95,6 +99,8 @@ class Stage:
         self.default_timeout_ms = default_timeout_ms
         self._sem = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_request: dict[str, set[asyncio.Task[None]]] = {}  # cancellable tasks by request id
+        self._cancel_sub: Subscription | None = None
         self._service: Service | None = None
         self.errors_by_type: dict[str, int] = {}
         self._errors: dict[str, tuple[int, str]] = {}  # subject -> (count, last error line)
@@ -150,10 +156,19 @@ class Stage:
                 async with asyncio.timeout(ctx.remaining_s()):
                     reply = await handler(dec.decode(request.data), ctx)
                 await request.respond(encode(reply))
+            except asyncio.CancelledError as exc:
+                if exc.args != (CANCELLED_BY_CLIENT,):
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                await self.respond_error(
+                    request, errors.Cancelled("cancelled: the client went away", stage=self.name), ctx
+                )
             except Exception as exc:
                 await self.respond_error(request, exc, ctx)
 
-        await target.add_endpoint(name=name, subject=subject, handler=self.spawner(run))
+        await target.add_endpoint(name=name, subject=subject, handler=self.spawner(run, cancellable=True))
 
     async def add_raw(
         self,
@@ -166,7 +181,9 @@ class Stage:
         """An endpoint whose handler replies itself (streaming, custom auth)."""
         await target.add_endpoint(name=name, subject=subject, handler=self.spawner(handler))
 
-    def spawner(self, run: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
+    def spawner(
+        self, run: Callable[[Request], Awaitable[None]], *, cancellable: bool = False
+    ) -> Callable[[Request], Awaitable[None]]:
         """Turn a handler into a micro handler that returns at once and runs it in a task."""
 
         async def on_request(request: Request) -> None:
@@ -174,8 +191,31 @@ class Stage:
             task = asyncio.create_task(self._guarded(run, request))
             self._tasks.add(task)
             task.add_done_callback(self._done)
+            rid = (request.headers or {}).get(headers.REQUEST_ID) if cancellable else None
+            if rid:
+                self._by_request.setdefault(rid, set()).add(task)
+                task.add_done_callback(lambda t: self._forget(rid, t))
 
         return on_request
+
+    def _forget(self, rid: str, task: asyncio.Task[None]) -> None:
+        tasks = self._by_request.get(rid)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._by_request[rid]
+
+    async def cancel_on(self, subject: str) -> None:
+        """Honour cancel messages (body: a request id) on ``subject``: the typed endpoints' tasks
+        for that request are cancelled and answer ``cancelled``. Every replica listens (no queue
+        group): only the one serving the request has something to cancel."""
+
+        async def on_cancel(msg: Msg) -> None:
+            rid = msg.data.decode("utf-8", "replace")[:128]
+            for task in list(self._by_request.get(rid, ())):
+                task.cancel(CANCELLED_BY_CLIENT)
+
+        self._cancel_sub = await self.nc.subscribe(subject, cb=on_cancel)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -210,6 +250,9 @@ class Stage:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking requests, then let in-flight ones finish (up to ``grace_s``)."""
+        if self._cancel_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._cancel_sub.unsubscribe()
         if self._service is not None:
             await self._service.stop()
         if self._tasks:

@@ -139,6 +139,17 @@ class DeadlineExceeded(LockgateError):
     default_retryable = True
 
 
+class Cancelled(DeadlineExceeded):
+    """The client stopped waiting (an HTTP client disconnected mid-stream): 499, as nginx says it.
+
+    Of the ``deadline_exceeded`` type (the documented vocabulary has no other word for a
+    client that gave up), told apart by its status, like ``NotFound``; not retryable.
+    """
+
+    status = 499
+    default_retryable = False
+
+
 class Internal(LockgateError):
     type = "internal"
     status = 500
@@ -171,6 +182,8 @@ def from_body(body: ErrorBody, status: int | None = None) -> LockgateError:
     cls = _BY_TYPE.get(body.type, Internal)
     if cls is InvalidRequest and status == 404:
         cls = NotFound
+    elif cls is DeadlineExceeded and status == 499:
+        cls = Cancelled
     return cls(
         body.message,
         stage=body.stage,

@@ -195,7 +195,7 @@ async def _stream(
         with contextlib.suppress(DISCONNECTED):
             await resp.write(_event("error", {"error": body["error"]}))
     except DISCONNECTED:
-        door.disconnected("messages", rid)
+        await door.disconnected("messages", rid)
     finally:
         await it.aclose()
     return resp

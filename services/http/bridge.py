@@ -18,7 +18,7 @@ from shared import errors, headers
 from shared.client import ChatStream
 from shared.headers import now_ms
 from shared.schemas.chat import LockgateInfo, ModelList, StreamOptions
-from shared.subjects import GUARD, ROUTER, Names
+from shared.subjects import EXECUTOR, GUARD, OP_CANCEL, ROUTER, Names
 
 
 class Peek(msgspec.Struct, kw_only=True):
@@ -75,6 +75,9 @@ class Bridge:
 
     async def jobs_status(self, body: bytes, key: str | None, request_id: str) -> bytes:
         return (await self._request(self.names.jobs_status, body, key, request_id, GUARD)).data
+
+    async def cancel(self, request_id: str) -> None:
+        await self.nc.publish(self.names.mesh(EXECUTOR, OP_CANCEL), request_id.encode())
 
     async def stream(self, body: bytes, key: str | None, request_id: str) -> ChatStream:
         """Publish with an inbox of ours as reply; chunks, then one done or one error, arrive there."""

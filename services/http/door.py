@@ -68,7 +68,13 @@ class Door:
             h["x-lockgate-attempts"] = str(len(info.attempts))
         return h
 
-    def disconnected(self, endpoint: str, request_id: str) -> None:
+    async def disconnected(self, endpoint: str, request_id: str) -> None:
+        """The client left mid-stream: tell the executors to cancel the provider call.
+
+        The executor serving the request answers the guard ``deadline_exceeded`` (499,
+        "cancelled"), and the guard's completion event has the request audited as failed.
+        """
         self.metrics.disconnects.inc()
         with contextlib.suppress(Exception):
             log.info("client_disconnected", endpoint=endpoint, request_id=request_id)
+            await self.bridge.cancel(request_id)

@@ -104,7 +104,7 @@ async def _stream(
         door.metrics.errors.labels(err.type).inc()
         await _write_quietly(resp, _sse(http_errors.openai_body(err, rid)))
     except DISCONNECTED:
-        door.disconnected("chat_completions", rid)
+        await door.disconnected("chat_completions", rid)
     finally:
         await it.aclose()
     return resp

@@ -477,6 +477,7 @@ PUBLISH_RULES = [
     ("admin", "events.v1.usage.t1", "auditor", False),
     ("http", "llm.v1.chat", "guard", True),  # the HTTP door is a client of the public API
     ("http", "mesh.v1.executor.run", "executor", False),
+    ("http", "mesh.v1.executor.cancel", "executor", True),  # a client left mid-stream
     ("http", "events.v1.usage.t1", "auditor", False),
     ("jobs", "llm.v1.chat", "guard", True),  # job items go through the guard
     ("jobs", "mesh.v1.executor.run", "executor", False),

@@ -199,3 +199,28 @@ async def test_healthz_and_metrics(mesh_factory: MeshFactory) -> None:
             text = await resp.text()
     assert 'lockgate_http_requests_total{endpoint="chat_completions",status="200"} 1.0' in text
     assert "lockgate_http_request_seconds_bucket" in text
+
+
+async def test_client_leaving_mid_stream_cancels_the_provider_call_and_is_audited(mesh_factory: MeshFactory) -> None:
+    from tests.integration.test_mesh_audit import audit_records  # noqa: PLC0415
+
+    mesh, url = await door(mesh_factory)
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": "a long story [sim:chunk_delay=150]"}],
+    }
+    headers = {"Authorization": f"Bearer {mesh.dev_key}", "x-request-id": "leaver-1"}
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+        assert resp.status == 200
+        first = await resp.content.readline()
+        assert first.startswith(b"data: ")
+        resp.close()  # the client leaves after the first chunk; the stream would run for seconds more
+    records = await audit_records(mesh, 1)
+    [(subject, rec)] = [(s, r) for s, r in records if r.request_id == "leaver-1"]
+    assert subject == mesh.names.audit("dev", "failed")
+    assert rec.error_stage == "executor"
+    assert "client went away" in rec.error_message
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as m:
+        assert "lockgate_http_client_disconnects_total 1.0" in await m.text()

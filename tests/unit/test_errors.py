@@ -23,6 +23,7 @@ ALL_CLASSES = [
     errors.UpstreamUnavailable,
     errors.StageUnavailable,
     errors.DeadlineExceeded,
+    errors.Cancelled,
     errors.Internal,
 ]
 
