@@ -90,7 +90,8 @@ def up(
 @app.command()
 def serve(
     service: Annotated[
-        str, typer.Argument(help="guard, router, budgeter, cache, executor, validator, auditor, http or simulator.")
+        str,
+        typer.Argument(help="guard, router, budgeter, cache, executor, validator, auditor, jobs, http or simulator."),
     ],
     nats_url: Annotated[
         str | None, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS URL (default: the config's).")
