@@ -86,6 +86,27 @@ max_attempts = 3
 [models.m-storm]
 deployments = ["d-storm", "d-ok"]
 
+[providers.r-storm-claude]
+kind = "anthropic"
+simulated = true
+profile = "storm"
+
+[deployments.d-storm-claude]
+provider = "r-storm-claude"
+model = "claude-3-5-haiku-latest"
+max_attempts = 2
+
+[models.m-storm-claude]
+deployments = ["d-storm-claude", "d-ok"]
+
+[deployments.d-burst3]
+provider = "r-burst"
+model = "gpt-4o-mini"
+max_attempts = 3
+
+[models.m-burst3]
+deployments = ["d-burst3", "d-ok"]
+
 [models.m-storm-long]
 deployments = ["d-storm-long"]
 
@@ -235,6 +256,35 @@ async def test_5xx_burst_is_retried_with_backoff(rmesh: Mesh, rsim: SimulatorSer
     # attempts_per_deployment defaults to 1: the next candidate is the retry.
     assert [(a.deployment, a.outcome) for a in info.attempts] == [("d-burst", "upstream_error"), ("d-ok", "ok")]
     assert calls(rsim, "burst") == 1
+
+
+async def test_anthropic_429_is_retried_through_the_anthropic_sdk(rmesh: Mesh, rsim: SimulatorServer) -> None:
+    info = (await rmesh.client.chat(ask("storm", model="m-storm-claude"))).lockgate
+    assert [(a.deployment, a.outcome) for a in info.attempts] == [
+        ("d-storm-claude", "rate_limited"),
+        ("d-storm-claude", "rate_limited"),
+        ("d-ok", "ok"),
+    ]
+    assert rsim.stats["by_endpoint"].get("messages") == 2
+
+
+async def test_5xx_burst_retries_on_the_same_deployment_with_capped_backoff(rmesh: Mesh, rsim: SimulatorServer) -> None:
+    t0 = time.monotonic()
+    info = (await rmesh.client.chat(ask("burst", model="m-burst3"))).lockgate
+    elapsed = time.monotonic() - t0
+    assert [(a.deployment, a.outcome) for a in info.attempts] == [("d-burst3", "upstream_error")] * 3 + [("d-ok", "ok")]
+    assert calls(rsim, "burst") == 3
+    # Two waits of uniform(0, min(200, 50 * 2^n)) ms: at most 150 ms in all (generous bound for a busy box).
+    assert elapsed < 3.0
+
+
+async def test_malformed_stream_before_the_first_chunk_falls_back_transparently(rmesh: Mesh) -> None:
+    stream = await rmesh.client.stream(ask("broken stream", model="m-broken"))
+    chunks = [c async for c in stream]
+    assert chunks
+    assert stream.done is not None
+    assert [a.outcome for a in stream.done.lockgate.attempts] == ["upstream_error", "ok"]
+    assert stream.done.chunks == len(chunks)
 
 
 @pytest.mark.parametrize(("model", "profile", "outcome"), [("m-auth", "auth", "upstream_error")])
