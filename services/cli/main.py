@@ -172,11 +172,11 @@ def jobs_submit(
 
 
 @app.command()
-def status(nats_url: NatsUrl = "nats://127.0.0.1:4222") -> None:
-    """List the services answering $SRV.PING with their request and error counts."""
+def status(nats_url: NatsUrl = "nats://127.0.0.1:4222", namespace: Namespace = "") -> None:
+    """List the services answering $SRV.PING with their request and error counts, and circuit breakers."""
     from services.cli import status as status_mod  # noqa: PLC0415
 
-    _run(status_mod.run(nats_url))
+    _run(status_mod.run(nats_url, namespace=namespace))
 
 
 @app.command()
