@@ -122,11 +122,11 @@ async def test_a_worker_killed_mid_job_loses_nothing(mesh_factory: MeshFactory, 
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        accepted = await mesh.client.submit_job(JobSubmit(requests=[ask("slow one", model="slow-gpt")]))
+        accepted = await mesh.client.submit_job(JobSubmit(requests=[ask("slow one [sim:latency=3000]")]))
         seen, _ = await announcements(mesh, accepted.job_id)
         js = mesh.nc.jetstream()
         durable = mesh.names.consumer("jobs", "work")
-        async with asyncio.timeout(15):  # the worker process has taken the item (a 1 s provider call)
+        async with asyncio.timeout(15):  # the worker process has taken the item (a 3 s provider call)
             while True:
                 try:
                     if (await js.consumer_info(mesh.names.jobs_stream, durable)).num_ack_pending == 1:
