@@ -21,11 +21,13 @@ import pytest
 from nats.aio.msg import Msg
 
 from services import host
+from services.executor.breaker import Breakers
 from services.simulator.server import SimulatorServer
 from shared import breakers, bus, errors, headers, jetstream, keys
 from shared.client import LockgateClient
+from shared.config import BreakerConfig
 from shared.nats_server import NatsServer
-from shared.schemas.breaker import BreakerEvent, BreakerState
+from shared.schemas.breaker import BreakerEvent, BreakerState, BreakerStateName
 from shared.schemas.chat import ChatResponse
 from shared.schemas.simulator import FaultConfig, SimulatorConfig
 from shared.subjects import EV_BREAKER, Names
@@ -592,3 +594,34 @@ async def test_degrades_to_a_similar_cached_answer(rmesh: Mesh, rsim: SimulatorS
         await send(rmesh, ask("how do I bake sourdough bread", model="similar", lockgate={"degrade": True}))
     )
     assert unrelated.lockgate.degraded == "template"
+
+
+async def test_a_breaker_opened_by_one_replica_is_open_in_the_others(nats_server: NatsServer) -> None:
+    """Two executor replicas' breakers on one bucket: what one opens, the other refuses at once."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        kv = await breakers.bucket(nc.jetstream(), Names(f"b{uuid.uuid4().hex[:8]}"))
+
+        async def publish(st: BreakerState, _: BreakerStateName) -> None:
+            await kv.put(breakers.kv_key(st.deployment), bus.encode(st))
+
+        cfg = BreakerConfig(failure_count=2, cooldown_ms=60_000)
+        a, b = Breakers(cfg, "replica-a", publish), Breakers(cfg, "replica-b", publish)
+        view_a, view_b = breakers.BreakerView(kv, a.adopt), breakers.BreakerView(kv, b.adopt)
+        await view_a.start()
+        await view_b.start()
+        assert b.allow("dep")
+        a.failure("dep", "503")
+        a.failure("dep", "503")
+        assert a.state("dep") == "open"
+
+        async def b_refuses() -> bool:
+            return not b.allow("dep")
+
+        await eventually(b_refuses, timeout_s=3.0)
+        assert b.state("dep") == "open"
+        assert view_b.is_open("dep")
+        await view_a.stop()
+        await view_b.stop()
+    finally:
+        await nc.close()
