@@ -52,24 +52,34 @@ class BreakerView:
         return self._task
 
     async def _run(self, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:  # the initial values have all been delivered
-                    self.ready.set()
-                    continue
-                if entry.operation is not None or not entry.value:  # a delete or purge
-                    continue
-                try:
-                    st = _decoder.decode(entry.value)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    log.warning("bad_breaker_state", key=entry.key)
-                    continue
-                self.states[st.deployment] = st
-                if self._on_change is not None:
-                    self._on_change(st)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        # A watch that ends (a reconnect, a stream hiccup) is started again: a stale view would
+        # keep sending traffic to an open deployment, or keep skipping a closed one.
+        while True:
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the initial values have all been delivered
+                        self.ready.set()
+                        continue
+                    if entry.operation is not None or not entry.value:  # a delete or purge
+                        continue
+                    try:
+                        st = _decoder.decode(entry.value)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        log.warning("bad_breaker_state", key=entry.key)
+                        continue
+                    self.states[st.deployment] = st
+                    if self._on_change is not None:
+                        self._on_change(st)
+            except Exception as exc:
+                log.warning("breaker_watch_failed", error=str(exc))
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+            await asyncio.sleep(1.0)
+            try:
+                watcher = await self.kv.watchall()
+            except Exception as exc:
+                log.warning("breaker_watch_restart_failed", error=str(exc))
 
     def is_open(self, deployment: str, at_ms: int | None = None) -> bool:
         """Open and still cooling down: no traffic until its half-open probe."""
