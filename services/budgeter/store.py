@@ -4,8 +4,10 @@ Each update is a compare-and-set on the key's revision, so any number of
 budgeter replicas share the state without overshooting a hard budget.
 
 Reservations for one key are batched in process: while one compare-and-set is
-in flight, new reservations queue, and the next round decides all of them
-(in arrival order) with one read and one write. Without that, N concurrent
+in flight, new reservations and settlements queue, and the next round decides
+all of them (settlements first, then reservations in arrival order) with one
+read and one write. Settlements share the queue so that one process never races
+itself on a key (reserves and settles invalidating each other's revision). Without that, N concurrent
 requests of one tenant cost O(N^2) KV round trips (each round only one CAS
 wins) and most of them missed the guard's time slice for the budgeter.
 
@@ -26,7 +28,7 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from shared.errors import BudgetExceeded
+from shared.errors import BudgetExceeded, StageUnavailable
 from shared.subjects import BUDGETER
 
 MAX_CAS_RETRIES = 64
@@ -50,11 +52,15 @@ def day_window(now: dt.datetime | None = None) -> tuple[str, int]:
 
 @dataclass(slots=True)
 class _Ask:
+    """A reservation to decide (``settle`` False) or a settlement to book (``settle`` True)."""
+
     tenant: str
-    amount: float
+    amount: float  # reserve: the amount; settle: the reservation to release
     limit: float
     reset_ms: int
     future: asyncio.Future[float]
+    settle: bool = False
+    actual: float = 0.0  # settle: the cost to book
 
 
 class BudgetStore:
@@ -99,8 +105,10 @@ class BudgetStore:
 
     async def reserve(self, tenant: str, window: str, amount: float, limit: float, reset_ms: int) -> float:
         """Add ``amount`` to the reserved total if it fits; returns what remains."""
-        key = f"{tenant}.{window}"
         ask = _Ask(tenant, amount, limit, reset_ms, asyncio.get_running_loop().create_future())
+        return await self._enqueue(f"{tenant}.{window}", ask)
+
+    async def _enqueue(self, key: str, ask: _Ask) -> float:
         self._queued.setdefault(key, []).append(ask)
         if key not in self._busy:
             self._busy.add(key)
@@ -130,7 +138,15 @@ class BudgetStore:
             state, rev = await self._load(key)
             outcomes: list[tuple[_Ask, float | BudgetExceeded]] = []
             admitted = False
+            for ask in live:  # settlements first: what they release is free for the reservations
+                if ask.settle:
+                    state.reserved_usd = max(0.0, state.reserved_usd - ask.amount)
+                    state.spent_usd += ask.actual
+                    admitted = True
+                    outcomes.append((ask, 0.0))
             for ask in live:
+                if ask.settle:
+                    continue
                 if state.spent_usd + state.reserved_usd + ask.amount > ask.limit:
                     outcomes.append((ask, self._refusal(ask, state)))
                 else:
@@ -149,9 +165,7 @@ class BudgetStore:
             return
         for ask in batch:
             if not ask.future.done():
-                ask.future.set_exception(
-                    BudgetExceeded("budget state is too contended; try again", stage=BUDGETER, retryable=True)
-                )
+                ask.future.set_exception(StageUnavailable("budget state is too contended; try again", stage=BUDGETER))
 
     @staticmethod
     def _refusal(ask: _Ask, state: BudgetState) -> BudgetExceeded:
@@ -164,15 +178,9 @@ class BudgetStore:
         )
 
     async def settle(self, tenant: str, window: str, reserved: float, actual: float) -> None:
-        """Release a reservation and book the actual cost."""
-        key = f"{tenant}.{window}"
-        for _ in range(MAX_CAS_RETRIES):
-            state, rev = await self._load(key)
-            state.reserved_usd = max(0.0, state.reserved_usd - reserved)
-            state.spent_usd += actual
-            if await self._cas(key, state, rev):
-                return
-        raise RuntimeError(f"could not settle {key} after {MAX_CAS_RETRIES} attempts")
+        """Release a reservation and book the actual cost (decided with the key's reservations)."""
+        ask = _Ask(tenant, reserved, 0.0, 0, asyncio.get_running_loop().create_future(), settle=True, actual=actual)
+        await self._enqueue(f"{tenant}.{window}", ask)
 
     async def read(self, tenant: str, window: str) -> BudgetState:
         return (await self._load(f"{tenant}.{window}", fresh=True))[0]

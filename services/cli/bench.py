@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from shared import keys
 from shared.client import LockgateClient
+from shared.errors import LockgateError
 from shared.schemas.chat import ChatRequest, Message
 
 WARMUP = 100
@@ -58,6 +60,9 @@ class Result:
         return self.n / self.seconds if self.seconds else 0.0
 
 
+ERRORS_SEEN: Counter[str] = Counter()  # by error type (or exception class), printed after the table
+
+
 async def _load(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     errors = 0
@@ -69,8 +74,10 @@ async def _load(n: int, concurrency: int, one: Callable[[int], Awaitable[None]])
             t = time.perf_counter()
             try:
                 await one(i)
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                kind = exc.type if isinstance(exc, LockgateError) else type(exc).__name__
+                ERRORS_SEEN[f"{kind}: {str(exc)[:80]}"] += 1
                 continue
             latencies.append((time.perf_counter() - t) * 1000)
 
@@ -218,3 +225,5 @@ def _print(results: list[tuple[Result, Result]], n: int, stream: bool, own_mb: f
             f"   throughput ratio mesh/direct {mesh.rps / base.rps if base.rps else 0:.2f}"
         )
     print(f"mesh RSS: lockgate up {own_mb:.0f} MB, nats-server {kids_mb:.0f} MB")
+    for what, count in ERRORS_SEEN.most_common(5):
+        print(f"error x{count}: {what}")

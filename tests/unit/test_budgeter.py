@@ -253,3 +253,25 @@ async def test_budgeted_tenant_reserves_in_todays_window_and_settles() -> None:
     ops = kv.ops
     await b.settle(msgspec.structs.replace(ev, budget_window=""))  # nothing was reserved: nothing to settle
     assert kv.ops == ops
+
+
+async def test_one_process_never_races_itself_between_reserves_and_settles() -> None:
+    """Reserves and settles of one key share a queue: one compare-and-set a round, none lost to a self-race."""
+    random.seed(5)
+    kv = FakeKV()
+    s = store(kv)
+    await s.reserve("t", "w", 0.01, 1_000.0, 1)  # create the key
+    ops_before = kv.ops
+
+    async def request() -> None:
+        await s.reserve("t", "w", 0.01, 1_000.0, 1)
+        await asyncio.sleep(0)
+        await s.settle("t", "w", 0.01, 0.005)
+
+    await asyncio.gather(*(request() for _ in range(300)))
+    await s.settle("t", "w", 0.01, 0.005)  # the first reservation
+    state = kv.state("t.w")
+    assert state.reserved_usd == pytest.approx(0.0, abs=1e-9)
+    assert state.spent_usd == pytest.approx(301 * 0.005)
+    # 600 decisions, batched: far fewer KV operations than one read + one write each
+    assert kv.ops - ops_before < 600
