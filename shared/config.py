@@ -18,6 +18,7 @@ import msgspec
 
 from shared.schemas.mesh import Deployment
 from shared.schemas.simulator import SimulatorConfig
+from shared.security import SecurityConfig
 
 
 class ConfigError(Exception):
@@ -163,10 +164,11 @@ class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     routes: dict[str, RouteConfig] = {}
     tenants: dict[str, TenantConfig] = {}
     keys: list[KeyConfig] = []
+    security: SecurityConfig = SecurityConfig()
 
 
 def _check(cfg: LockgateConfig) -> None:
-    problems: list[str] = []
+    problems: list[str] = cfg.security.problems()
     for name, dep in cfg.deployments.items():
         if dep.provider not in cfg.providers:
             problems.append(f"deployments.{name}.provider: unknown provider {dep.provider!r}")

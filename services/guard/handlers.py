@@ -21,7 +21,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
-from services.guard import inputs, replies
+from services.guard import inputs, replies, safety
+from services.guard.moderation import Moderator
 from shared import bus, headers, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
@@ -49,6 +50,7 @@ from shared.schemas.mesh import (
     ValidateRequest,
     ValidateResult,
 )
+from shared.security import Policy
 from shared.subjects import (
     BUDGETER,
     CACHE,
@@ -90,6 +92,8 @@ class Trace:
     cache_key: str = ""
     cached: CachedCompletion | None = None
     validation: str = ""
+    security: list[str] = field(default_factory=list)  # safety findings (names only, never matched text)
+    redactions: int = 0
 
     def total_ms(self) -> float:
         return round((time.perf_counter() - self.t0) * 1000, 3)
@@ -113,6 +117,7 @@ class Guard:
         self.names = names
         self.keys = keys
         self.limits = config.limits
+        self.moderators: list[Moderator] = []  # output moderation hooks (a provider endpoint), run after the blocklist
         self.stages = config.stages
         self._decoder = msgspec.json.Decoder(ChatRequest)
         self._subjects = {
@@ -189,10 +194,17 @@ class Guard:
         tr.plan = plan
         if not (principal.may_use(plan.route) or (req.model is not None and principal.may_use(req.model))):
             raise Forbidden(f"this API key may not use {req.model or plan.route!r}", stage=GUARD)
+        policy = self.config.security.policy(plan.route)
+        screened = safety.screen_input(req, policy)
+        tr.security += screened.findings
+        tr.redactions += screened.redactions
+        if screened.refusal is not None:
+            raise screened.refusal
+        tr.req = req = screened.request
 
         if hit is not None and hit.completion is not None:
             tr.cached = hit.completion
-            await self._answer_cached(req, hit.completion, inbox, tr)
+            await self._answer_cached(req, hit.completion, inbox, tr, policy)
             return "cached"
 
         amount = inputs.worst_case_cost(req, total_chars, plan.candidates)
@@ -235,6 +247,11 @@ class Guard:
             if checked is not None:
                 tr.validation = checked.outcome
                 content = checked.content
+        if not req.stream:
+            out = await safety.screen_output(content, policy, self.moderators)
+            content = out.content
+            tr.security += out.findings
+            tr.redactions += out.redactions
 
         info = self._info(tr)
         rid = f"chatcmpl-{ctx.request_id}"
@@ -251,8 +268,14 @@ class Guard:
             await replies.send_completion(self.nc, inbox, resp, ctx.request_id)
         return "completed"
 
-    async def _answer_cached(self, req: ChatRequest, c: CachedCompletion, inbox: str, tr: Trace) -> None:
+    async def _answer_cached(
+        self, req: ChatRequest, c: CachedCompletion, inbox: str, tr: Trace, policy: Policy
+    ) -> None:
         rid = f"chatcmpl-{tr.ctx.request_id}"
+        out = await safety.screen_output(c.content, policy, self.moderators)
+        tr.security += out.findings
+        tr.redactions += out.redactions
+        c = msgspec.structs.replace(c, content=out.content)
         info = self._info(tr)
         if req.stream:
             chunks = 0
@@ -290,7 +313,8 @@ class Guard:
         if tr.cached is not None:
             return LockgateInfo(
                 request_id=tr.ctx.request_id, route=tr.plan.route if tr.plan else "",
-                deployment=tr.cached.deployment, cached="exact", latency_ms=stages,
+                deployment=tr.cached.deployment, cached="exact", latency_ms=stages, redactions=tr.redactions,
+                security=tr.security,
             )  # fmt: skip
         return LockgateInfo(
             request_id=tr.ctx.request_id,
@@ -303,6 +327,8 @@ class Guard:
             latency_ms=stages,
             validation=tr.validation,
             degraded=r.degraded if r else "",
+            redactions=tr.redactions,
+            security=tr.security,
         )
 
     async def _report(self, tr: Trace, outcome: Outcome, err: LockgateError | None) -> None:
@@ -343,6 +369,7 @@ class Guard:
             completion=completion,
             fingerprint=similarity.fingerprint(req.messages) if completion is not None and req else [],
             metadata=req.lockgate.metadata if req else {},
+            security=tr.security,
         )
         subject = self.names.event(EV_COMPLETION, ev.tenant)  # Names makes the tenant a safe token
         try:

@@ -73,6 +73,7 @@ class LockgateOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
     cache: Literal["auto", "off"] = "auto"
     degrade: bool = False
     metadata: dict[str, str] = {}
+    untrusted: list[int] = []  # indexes of messages holding untrusted data (documents, retrieved context)
 
 
 class ChatRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -127,6 +128,7 @@ class LockgateInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     validation: str = ""  # "", "valid", "repaired"
     redactions: int = 0
     degraded: str = ""
+    security: list[str] = []  # what the input and output checks found ("injection:override", "pii_input:email"…)
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True, frozen=True):

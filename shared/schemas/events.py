@@ -35,6 +35,7 @@ class RequestFacts(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     validation: str = ""
     metadata: dict[str, str] = {}
     degraded: str = ""  # "", "cheaper_model", "template": the answer was a degraded one
+    security: list[str] = []  # safety findings: signal and kind names only, never the text that matched
 
 
 FACT_FIELDS: tuple[str, ...] = RequestFacts.__struct_fields__
