@@ -102,10 +102,14 @@ async def _start_simulator() -> tuple[asyncio.subprocess.Process, str]:
     return proc, line.split(" ", 1)[1]
 
 
-async def _start_mesh(sim_url: str, data_dir: Path, dev_key: str) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_mesh(
+    sim_url: str, data_dir: Path, dev_key: str, *, config: Path | None = None
+) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """`lockgate up` as a child process (no provider keys: simulated); returns it and its KEY=value lines."""
     env = dict(os.environ, OPENAI_API_KEY="", ANTHROPIC_API_KEY="")
+    args = ["--config", str(config)] if config is not None else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "up", "--simulator-url", sim_url, "--data-dir", str(data_dir),
+        sys.executable, "-m", "services.cli", "up", *args, "--simulator-url", sim_url, "--data-dir", str(data_dir),
         "--dev-key", dev_key, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -117,7 +121,7 @@ async def _start_mesh(sim_url: str, data_dir: Path, dev_key: str) -> tuple[async
                 raise RuntimeError("lockgate up exited before it was ready")
             k, _, v = line.partition("=")
             values[k] = v
-    return proc, values["NATS_URL"]
+    return proc, values
 
 
 def _mesh_cpu(pid: int) -> tuple[float, float]:
@@ -156,7 +160,8 @@ async def run(n: int, levels: list[int], *, stream: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
         mesh, nats_url = None, ""
         try:
-            mesh, nats_url = await _start_mesh(sim_url, Path(tmp), dev_key)
+            mesh, up_values = await _start_mesh(sim_url, Path(tmp), dev_key)
+            nats_url = up_values["NATS_URL"]
             direct = openai.AsyncOpenAI(base_url=sim_url + "/v1", api_key="sk-bench", max_retries=0)
             lg = await LockgateClient.connect(nats_url, dev_key)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from pathlib import Path
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from services.cli.bench import _mesh_cpu, _start_simulator, _stop
+from services.cli.bench import _mesh_cpu, _start_mesh, _start_simulator, _stop
 from shared import keys
 from shared.client import LockgateClient
 from shared.schemas.chat import ChatRequest, Message
@@ -89,25 +88,6 @@ async def _load(run: Run, one: One) -> None:
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(run.concurrency)))
     run.seconds = time.perf_counter() - t0
-
-
-async def _start_mesh(sim_url: str, data_dir: Path, dev_key: str) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    env = dict(os.environ, OPENAI_API_KEY="", ANTHROPIC_API_KEY="")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m", "services.cli", "up", "--simulator-url", sim_url, "--data-dir", str(data_dir), "--dev-key", dev_key,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    values: dict[str, str] = {}
-    async with asyncio.timeout(60):
-        while "READY" not in values:
-            line = (await proc.stdout.readline()).decode().strip()
-            if not line:
-                raise RuntimeError("lockgate up exited before it was ready")
-            k, _, v = line.partition("=")
-            values[k] = v
-    return proc, values
 
 
 def _timed_first() -> Callable[[], float]:

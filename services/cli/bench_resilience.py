@@ -30,7 +30,7 @@ from pathlib import Path
 import msgspec
 from nats.aio.msg import Msg
 
-from services.cli.bench import Result, _stop
+from services.cli.bench import Result, _start_mesh, _stop
 from shared import keys
 from shared.client import LockgateClient
 from shared.schemas.breaker import BreakerEvent
@@ -156,24 +156,11 @@ def _write_config(data_dir: Path, toml: str) -> Path:
     return cfg
 
 
-async def _start_mesh(sim_url: str, data_dir: Path, dev_key: str, toml: str) -> tuple[asyncio.subprocess.Process, str]:
-    cfg = _write_config(data_dir, toml)
-    env = dict(os.environ, OPENAI_API_KEY="", ANTHROPIC_API_KEY="")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "up", "--config", str(cfg), "--simulator-url", sim_url,
-        "--data-dir", str(data_dir / "nats"), "--dev-key", dev_key,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    values: dict[str, str] = {}
-    async with asyncio.timeout(60):
-        while "READY" not in values:
-            line = (await proc.stdout.readline()).decode().strip()
-            if not line:
-                raise RuntimeError("lockgate up exited before it was ready")
-            k, _, v = line.partition("=")
-            values[k] = v
-    return proc, values["NATS_URL"]
+async def _start_mesh_with(
+    sim_url: str, data_dir: Path, dev_key: str, toml: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    mesh, values = await _start_mesh(sim_url, data_dir / "nats", dev_key, config=_write_config(data_dir, toml))
+    return mesh, values["NATS_URL"]
 
 
 def _req(i: int, model: str) -> ChatRequest:
@@ -215,7 +202,7 @@ def _result(label: str, c: int, outs: list[Outcome], secs: float) -> Result:
 
 async def _mesh(sim_url: str, tmp: Path, breaker: str, body: Callable[[LockgateClient, str], Awaitable[None]]) -> None:
     dev_key = keys.generate()
-    mesh, nats_url = await _start_mesh(sim_url, tmp, dev_key, _COMMON + breaker)
+    mesh, nats_url = await _start_mesh_with(sim_url, tmp, dev_key, _COMMON + breaker)
     try:
         lg = await LockgateClient.connect(nats_url, dev_key)
         try:
