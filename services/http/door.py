@@ -24,7 +24,9 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_.:-]")
 class Door:
     def __init__(self, bridge: Bridge, config: LockgateConfig) -> None:
         self.bridge = bridge
-        self.max_body = config.http.max_body_bytes
+        self.max_body = config.http.max_body_bytes  # the largest body the door reads (job batches)
+        # A chat body over the guard's own limit is refused here, as 413, instead of as the guard's 400.
+        self.max_chat_body = min(config.limits.max_request_bytes, self.max_body)
         self.metrics = DoorMetrics()
 
     @staticmethod
@@ -43,15 +45,16 @@ class Door:
         key = request.headers.get("x-api-key", "").strip()
         return key or None
 
-    async def body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.max_body:
-            raise TooLarge(f"request body is {request.content_length} bytes; the limit is {self.max_body}", stage=HTTP)
+    async def body(self, request: web.Request, *, chat: bool = True) -> bytes:
+        limit = self.max_chat_body if chat else self.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"request body is {request.content_length} bytes; the limit is {limit}", stage=HTTP)
         try:
             data = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise TooLarge(f"request body is over the limit of {self.max_body} bytes", stage=HTTP) from None
-        if len(data) > self.max_body:
-            raise TooLarge(f"request body is {len(data)} bytes; the limit is {self.max_body}", stage=HTTP)
+            raise TooLarge(f"request body is over the limit of {limit} bytes", stage=HTTP) from None
+        if len(data) > limit:
+            raise TooLarge(f"request body is {len(data)} bytes; the limit is {limit}", stage=HTTP)
         return data
 
     @staticmethod

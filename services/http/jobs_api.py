@@ -40,7 +40,7 @@ def parse_batch(body: bytes) -> list[Any]:
 async def submit(door: Door, request: web.Request) -> web.Response:
     rid = door.request_id(request)
     try:
-        payload = bus.encode({"requests": parse_batch(await door.body(request))})
+        payload = bus.encode({"requests": parse_batch(await door.body(request, chat=False))})
         data = await door.bridge.jobs_submit(payload, door.api_key(request), rid)
     except LockgateError as err:
         door.metrics.requests.labels("jobs_submit", str(http_errors.status_of(err))).inc()

@@ -170,12 +170,12 @@ async def test_budget_refusal_is_429_with_retry_after(mesh_factory: MeshFactory)
     assert info.value.code == "insufficient_quota"
 
 
-async def test_oversized_body_is_413(mesh_factory: MeshFactory) -> None:
+@pytest.mark.parametrize("over", ["guard_limit", "door_limit"])
+async def test_oversized_body_is_413(mesh_factory: MeshFactory, over: str) -> None:
+    """Over the guard's request limit (1 MiB by default) is 413 too, not the guard's 400."""
     mesh, url = await door(mesh_factory)
-    big = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "x" * (mesh.config.http.max_body_bytes + 1)}],
-    }
+    limit = mesh.config.limits.max_request_bytes if over == "guard_limit" else mesh.config.http.max_body_bytes
+    big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (limit + 1)}]}
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{url}/v1/chat/completions", json=big, headers={"Authorization": f"Bearer {mesh.dev_key}"}) as resp,
@@ -183,6 +183,7 @@ async def test_oversized_body_is_413(mesh_factory: MeshFactory) -> None:
         assert resp.status == 413
         data = await resp.json()
     assert data["error"]["type"] == "invalid_request_error"
+    assert str(mesh.config.limits.max_request_bytes) in data["error"]["message"]
 
 
 async def test_healthz_and_metrics(mesh_factory: MeshFactory) -> None:
