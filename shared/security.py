@@ -8,7 +8,7 @@ pii_input = "allow"           # redact | block | allow  (PII and secrets in what
 pii_output = "redact"         # redact | allow          (PII and secrets in what the model answers)
 blocklist = ["forbidden phrase"]   # output moderation: any of these (case-insensitive) → blocked_output
 moderation = "off"            # a provider moderation endpoint plugs in as a Moderator hook (code)
-reask_max = 1                 # validator: re-ask the model with the validation error up to N times
+reask_max = 0                 # JSON output: re-ask the model with the validation error up to N times (0-5)
 
 [security.routes.support]     # any key above, for one route (by the route name the router resolves)
 injection = "block"
@@ -16,7 +16,8 @@ pii_input = "redact"
 ```
 
 Every key has a default, so a config without ``[security]`` means: flag injections,
-pass inputs unchanged, redact PII in outputs, no blocklist, one re-ask.
+pass inputs unchanged, redact PII in outputs, no blocklist, no re-ask (each re-ask
+is another paid provider call, so a route opts in).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Policy(msgspec.Struct, kw_only=True, frozen=True):
     pii_input: PiiInputPolicy = "allow"
     pii_output: PiiOutputPolicy = "redact"
     blocklist: list[str] = []
-    reask_max: int = 1
+    reask_max: int = 0
 
 
 class SecurityConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -59,7 +60,7 @@ class SecurityConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     pii_output: PiiOutputPolicy = "redact"
     blocklist: list[str] = []
     moderation: Literal["off"] = "off"  # the hook (services.guard.moderation.Moderator) is set in code for now
-    reask_max: int = 1
+    reask_max: int = 0
     routes: dict[str, RouteSecurity] = {}
 
     def policy(self, route: str) -> Policy:

@@ -41,6 +41,7 @@ SIM_PROFILES = {
     "limited": FaultConfig(status=429, retry_after_s=1),
     "hang": FaultConfig(hang=True),
     "broken": FaultConfig(malformed=True),
+    "bad-json": FaultConfig(output="bad-json"),
 }
 
 # The test mesh: the default config's shape, simulated providers only, plus

@@ -21,13 +21,14 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
-from services.guard import inputs, replies, safety
+from services.guard import inputs, pii, reask, replies, safety
 from services.guard.moderation import Moderator
 from shared import bus, headers, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
     DeadlineExceeded,
     Forbidden,
+    InvalidOutput,
     InvalidRequest,
     LockgateError,
     StageUnavailable,
@@ -35,7 +36,7 @@ from shared.errors import (
 )
 from shared.headers import RequestContext, now_ms
 from shared.keys import KeyStore, Principal
-from shared.schemas.chat import ChatRequest, LockgateInfo, StreamDone, Usage
+from shared.schemas.chat import ChatRequest, LockgateInfo, ResponseFormat, StreamDone, Usage
 from shared.schemas.events import CompletionEvent, Outcome
 from shared.schemas.mesh import (
     CachedCompletion,
@@ -240,13 +241,8 @@ class Guard:
         content = result.content
         fmt = req.response_format
         if fmt is not None and fmt.wants_json and content is not None:
-            checked = await self._call(
-                VALIDATOR, ValidateRequest(content=content, response_format=fmt), ValidateResult,
-                self.stages.validator, tr,
-            )  # fmt: skip
-            if checked is not None:
-                tr.validation = checked.outcome
-                content = checked.content
+            content = await self._validate(req, fmt, content, plan, policy, tr)
+            result = tr.result or result
         if not req.stream:
             out = await safety.screen_output(content, policy, self.moderators)
             content = out.content
@@ -267,6 +263,37 @@ class Guard:
             )
             await replies.send_completion(self.nc, inbox, resp, ctx.request_id)
         return "completed"
+
+    async def _validate(
+        self, req: ChatRequest, fmt: ResponseFormat, content: str, plan: RoutePlan, policy: Policy, tr: Trace
+    ) -> str:
+        """Validate JSON output; on ``invalid_output`` re-ask the model (not on streams) up to ``reask_max`` times."""
+        asked = 0
+        while True:
+            try:
+                checked = await self._call(
+                    VALIDATOR, ValidateRequest(content=content, response_format=fmt), ValidateResult,
+                    self.stages.validator, tr,
+                )  # fmt: skip
+            except InvalidOutput as exc:
+                if req.stream or asked >= policy.reask_max or tr.ctx.remaining_s() < 0.2 or tr.result is None:
+                    suffix = f" (after {asked} re-ask{'s' if asked != 1 else ''})" if asked else ""
+                    raise InvalidOutput(exc.message + suffix, stage=exc.stage) from None
+                asked += 1
+                log.info("reask", attempt=asked, error=pii.redact(exc.message[:300])[0])
+                again = await bus.call(
+                    self.nc, self._subjects[EXECUTOR],
+                    ExecuteRequest(request=reask.request(req, content, exc.message), candidates=plan.candidates,
+                                   response_id=f"chatcmpl-{tr.ctx.request_id}", route=plan.route),
+                    ExecuteResult, tr.ctx, stage=EXECUTOR, timeout_s=tr.ctx.remaining_s(),
+                )  # fmt: skip
+                tr.result = reask.merge(tr.result, again)
+                content = again.content or ""
+                continue
+            if checked is None:  # the validator failed open
+                return content
+            tr.validation = f"reasked+{checked.outcome}" if asked else checked.outcome
+            return checked.content
 
     async def _answer_cached(
         self, req: ChatRequest, c: CachedCompletion, inbox: str, tr: Trace, policy: Policy
@@ -354,7 +381,7 @@ class Guard:
             stream=req.stream if req else False,
             error_type=err.type if err else "",
             error_stage=err.stage if err else "",
-            error_message=err.message[:500] if err else "",
+            error_message=pii.redact(err.message[:500])[0] if err else "",  # a schema error can quote output
             usage=r.usage if r else (tr.cached.usage if tr.cached else Usage()),
             cost_usd=r.cost_usd if r else 0.0,
             reservation_id=res.reservation_id if res else "",

@@ -129,7 +129,8 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
         "prompt", "instructions", "message", "rules", "configuration", "above", "sistema", "système", "systeme",
         "systemprompt", "system-prompt", "systemanweisungen", "系统", "システム", "системн")),
     ("role", _ROLE, (
-        "you are now", "you are no longer", " mode", "do anything", "jailbr", "rules", "restrictions", "limits",
+        "you are now", "you are no longer", "god mode", "jailbreak mode", "unrestricted mode", "dan mode",
+        "developer mode", "sudo mode", "do anything", "jailbr", "rules", "restrictions", "limits",
         "filters", "guidelines", "ethics", "censorship", "from now on", "henceforth", "starting now", "i am your",
         "override", "eres", "tu es", "du bist", "você é", "ora sei", "теперь", "你现在", "今から")),
     ("fake_tag", _FAKE_TAG, (

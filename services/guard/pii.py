@@ -96,7 +96,7 @@ def _kind(kind: str, text: str) -> str | None:
 def _gates(text: str, start: int, end: int) -> set[str]:
     seg = text[start:end]
     gates = set()
-    if any(d in seg for d in "0123456789"):
+    if _DIGIT.search(seg):
         gates.add("digit")
     if "@" in seg:
         gates.add("@")
@@ -108,21 +108,33 @@ def _gates(text: str, start: int, end: int) -> set[str]:
     return gates
 
 
+# Every match of a "digit" pattern except IBAN lies in a run like this (7+ characters of digits and
+# phone/card separators), so those patterns only run in such runs — prose with a few numbers costs one scan.
+_DIGIT = re.compile(r"\d")
+_DIGIT_RUN = re.compile(r"\d[\d .()+-]{6,}")
+
+
 def _matches(text: str, start: int, endpos: int, before: int) -> list[tuple[int, int, str]]:
     """Validated, non-overlapping matches in ``text[start:endpos]`` that start before ``before``."""
     gates = _gates(text, start, endpos)
     if not gates:
         return []
+    runs: list[tuple[int, int]] = []
+    if "digit" in gates:
+        # a run from just before its first digit (a "+" or "(") to its end (+1: the look-ahead's character)
+        runs = [(max(start, m.start() - 1), min(endpos, m.end() + 1)) for m in _DIGIT_RUN.finditer(text, start, endpos)]
+    whole = [(start, endpos)]
     found: list[tuple[int, int, int, str]] = []
     for rank, (kind, rx, gate) in enumerate(_PATTERNS):
         if gate not in gates:
             continue
-        for m in rx.finditer(text, start, endpos):
-            if m.start() >= before:
-                break
-            k = _kind(kind, m.group())
-            if k is not None:
-                found.append((m.start(), rank, m.end(), k))
+        for lo, hi in runs if gate == "digit" and kind != "iban" else whole:
+            for m in rx.finditer(text, lo, hi):
+                if m.start() >= before:
+                    break
+                k = _kind(kind, m.group())
+                if k is not None:
+                    found.append((m.start(), rank, m.end(), k))
     found.sort()
     chosen: list[tuple[int, int, str]] = []
     last = start

@@ -19,13 +19,13 @@ MAX_ERRORS = 5
 
 
 def _parse(content: str) -> tuple[Any, bool]:
-    """The JSON value and whether it had to be repaired (fences, prose around it, trailing commas)."""
+    """The JSON value and whether it had to be repaired (fences, prose around it, trailing commas, single quotes)."""
     try:
         return msgspec.json.decode(content), False
     except msgspec.DecodeError:
         pass
     for text in _candidates(content):
-        for attempt in (text, _without_trailing_commas(text)):
+        for attempt in (text, _without_trailing_commas(text), _without_trailing_commas(_double_quoted(text))):
             try:
                 value, _ = _json.raw_decode(attempt)
                 return value, True
@@ -72,6 +72,39 @@ def _without_trailing_commas(text: str) -> str:
 
 
 _SPACE = re.compile(r"\s*")
+
+
+def _double_quoted(text: str) -> str:
+    """Python-style ``{'a': 'it\\'s'}`` as JSON: single-quoted strings become double-quoted ones.
+
+    A ``"`` inside a single-quoted string is escaped, ``\\'`` becomes ``'``; double-quoted
+    strings are copied as they are (an apostrophe in them is just a character).
+    """
+    out: list[str] = []
+    quote = ""  # the quote character of the string we are in, "" outside strings
+    escaped = False
+    for ch in text:
+        if not quote:
+            if ch in "'\"":
+                quote = ch
+                out.append('"')
+            else:
+                out.append(ch)
+            continue
+        if escaped:
+            escaped = False
+            out.append("'" if ch == "'" else "\\" + ch)  # JSON has no \\' escape
+            continue
+        if ch == "\\":
+            escaped = True
+        elif ch == quote:
+            quote = ""
+            out.append('"')
+        elif ch == '"':  # only reachable inside a single-quoted string
+            out.append('\\"')
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 @lru_cache(maxsize=256)

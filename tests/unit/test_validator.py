@@ -54,7 +54,7 @@ def test_json_in_fences_or_prose_is_repaired(content: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ["", "hello", '{"name": "Ada"', "{'name': 'Ada'}", "Sure: {not json}", "```json\n{```"]
+    "content", ["", "hello", '{"name": "Ada"', "{'name': 'Ada'", "Sure: {not json}", "```json\n{```"]
 )
 def test_not_json_is_invalid_output(content: str) -> None:
     with pytest.raises(InvalidOutput, match="not valid JSON") as info:
@@ -128,3 +128,18 @@ def test_trailing_commas_are_repaired_but_not_inside_strings(content: str, expec
 def test_a_comma_before_a_value_is_not_a_trailing_comma() -> None:
     with pytest.raises(InvalidOutput, match="not valid JSON"):
         check('{"a": 1,, "b": 2}')
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{'a': 1, 'b': 'x'}", {"a": 1, "b": "x"}),
+        ("{'a': 'it\\'s', 'q': 'say \"hi\"',}", {"a": "it's", "q": 'say "hi"'}),
+        ("Sure: {'x': \"don't\"} hope it helps", {"x": "don't"}),
+        ("```json\n{'k': ['v', 'w',],}\n```", {"k": ["v", "w"]}),
+    ],
+)
+def test_single_quoted_json_is_repaired(content: str, expected: object) -> None:
+    res = validate(ValidateRequest(content=content, response_format=ResponseFormat(type="json_object")))
+    assert res.outcome == "repaired"
+    assert msgspec.json.decode(res.content) == expected
