@@ -26,6 +26,8 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     key_id: str
     tenant: str
     routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    tier: str = ""  # the user tier of the key ("free", "pro"…), for budgets and limits by tier
+    created_ms: int = 0
 
     def may_use(self, name: str) -> bool:
         return "*" in self.routes or name in self.routes
@@ -90,5 +92,40 @@ class KeyStore:
         return _principal_decoder.decode(entry.value)
 
 
+def bucket_key(key: str) -> str:
+    """Where a key's principal lives in the KV bucket: its hash (KV keys may not hold ':')."""
+    return hash_key(key).replace(":", "_")
+
+
 async def register(bucket: KeyValue, key: str, principal: Principal) -> None:
-    await bucket.put(hash_key(key).replace(":", "_"), msgspec.json.encode(principal))
+    await bucket.put(bucket_key(key), msgspec.json.encode(principal))
+
+
+async def list_keys(bucket: KeyValue) -> list[tuple[str, Principal]]:
+    """Every (bucket key, principal) in the bucket, by tenant then key id. Only hashes are stored."""
+    try:
+        names = await bucket.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    out = []
+    for name in names:
+        try:
+            entry = await bucket.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if entry.value:
+            try:
+                out.append((name, _principal_decoder.decode(entry.value)))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+    return sorted(out, key=lambda kp: (kp[1].tenant, kp[1].key_id))
+
+
+async def revoke(bucket: KeyValue, key_id: str) -> int:
+    """Delete every key with this id; how many were deleted. Resolvers stop accepting it within their TTL."""
+    n = 0
+    for name, p in await list_keys(bucket):
+        if p.key_id == key_id:
+            await bucket.purge(name)
+            n += 1
+    return n

@@ -25,6 +25,8 @@ audit_app = typer.Typer(help="Read the durable audit stream.", no_args_is_help=T
 app.add_typer(audit_app, name="audit")
 jobs_app = typer.Typer(help="Background jobs (a JetStream work queue).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+keys_app = typer.Typer(help="API keys (stored hashed in the JetStream KV bucket).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 NatsUrl = Annotated[str, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS server URL.")]
 ConfigOpt = Annotated[
@@ -169,6 +171,46 @@ def jobs_submit(
         typer.echo("no API key: pass --api-key or set LOCKGATE_API_KEY (lockgate up prints one)", err=True)
         raise typer.Exit(2)
     _run(jobs_mod.submit(nats_url, api_key, file, out or file.with_suffix(".results.jsonl")))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="The tenant the key acts for.")],
+    tier: Annotated[str, typer.Option("--tier", help="The user tier of the key (free, pro…).")] = "",
+    routes: Annotated[
+        list[str] | None, typer.Option("--route", help="A route or model the key may use (repeat; default: all).")
+    ] = None,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """Create a key: printed once (API_KEY=…), stored only as a hash."""
+    from services.cli import keys as keys_mod  # noqa: PLC0415
+
+    _run(keys_mod.create(nats_url, namespace, tenant, tier, routes or []))
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """List keys: id, tenant, tier, routes (never the key)."""
+    from services.cli import keys as keys_mod  # noqa: PLC0415
+
+    _run(keys_mod.list_(nats_url, namespace, as_json))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (KEY_ID from create, or from list).")],
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """Revoke a key by id."""
+    from services.cli import keys as keys_mod  # noqa: PLC0415
+
+    _run(keys_mod.revoke(nats_url, namespace, key_id))
 
 
 @app.command()
