@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from services.guard import inputs, pii, safety
+from services.guard import inputs, safety
 from services.validator.handlers import validate
+from shared import pii
 from shared.config import LimitsConfig
 from shared.schemas.chat import ChatRequest, ResponseFormat
 from shared.schemas.chat import Message as Msg

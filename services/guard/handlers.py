@@ -21,9 +21,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.micro.request import Request
 
-from services.guard import inputs, pii, reask, replies, safety
+from services.guard import inputs, reask, replies, safety
 from services.guard.moderation import Moderator
-from shared import bus, headers, similarity
+from shared import bus, headers, pii, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
     DeadlineExceeded,

@@ -169,7 +169,10 @@ def _norm(text: str) -> tuple[str, bool]:
 
 def _found(pattern: re.Pattern[str], low: str, keys: tuple[str, ...]) -> bool:
     hits: list[int] = []
+    ascii_only = low.isascii()  # a flag in CPython: no scan
     for k in keys:
+        if ascii_only and not k.isascii():
+            continue
         i = low.find(k)
         while i >= 0:
             hits.append(i)

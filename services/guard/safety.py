@@ -18,8 +18,9 @@ from functools import lru_cache
 
 import msgspec
 
-from services.guard import injection, pii
+from services.guard import injection
 from services.guard.moderation import Blocklist, Moderator
+from shared import pii
 from shared.errors import BlockedInput, BlockedOutput, InvalidRequest, LockgateError
 from shared.schemas.chat import ChatRequest, Message
 from shared.security import Policy

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.guard import pii
+from shared import pii
 
 DATA = Path(__file__).parent.parent / "data"
 SAMPLES = [

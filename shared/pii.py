@@ -30,7 +30,8 @@ _SECRET = (
     r"|eyJ[A-Za-z0-9_-]{8,400}\.[A-Za-z0-9_-]{8,400}\.[A-Za-z0-9_-]{8,400})"
     r"|(?<![A-Za-z0-9])(?i:bearer)[ \t]{1,4}[A-Za-z0-9._~+/-]{16,400}={0,2}"
 )
-_SECRET_PREFIXES = ("sk-", "akia", "asia", "gh", "xox", "lg-", "eyj", "bearer")
+_SECRET_PREFIXES = ("sk-", "akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "lg-", "eyj",
+                    "bearer")  # fmt: skip
 _PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("secret", re.compile(_SECRET), "secret"),
     ("email", re.compile(r"[\w.+-](?<![\w.+-][\w.+-])[\w.+-]{0,63}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,6}(?![\w-])"), "@"),
@@ -93,14 +94,17 @@ def _kind(kind: str, text: str) -> str | None:
     return kind
 
 
+_IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # every IPv6 match has two colons this close
+
+
 def _gates(text: str, start: int, end: int) -> set[str]:
+    gates: set[str] = set()
     seg = text[start:end]
-    gates = set()
     if _DIGIT.search(seg):
         gates.add("digit")
     if "@" in seg:
         gates.add("@")
-    if seg.count(":") >= 2:
+    if _IPV6_GATE.search(seg):
         gates.add("colon")
     low = seg.lower()
     if any(p in low for p in _SECRET_PREFIXES):
