@@ -12,6 +12,10 @@ answer, a cheaper model, a template message); otherwise
 Streaming: deltas go straight to the client's inbox as numbered chunks. A
 failure before the first chunk falls through to the next attempt; after the
 first chunk the stream cannot be taken back, so the error says how far it got.
+With ``redact_stream`` the deltas pass through a ``shared.pii.StreamRedactor``
+first: PII is replaced across chunk boundaries, holding back only the tail a
+match could still extend into (a chunk may then carry more or less text than
+the provider's delta, and a delta that is all held back sends no chunk).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from services.executor import providers, retry
 from services.executor.breaker import Breakers
 from services.executor.idempotency import IdempotencyStore, SingleFlight, replay
 from services.executor.providers import Clients, Final
-from shared import bus, headers, similarity
+from shared import bus, headers, pii, similarity
 from shared.config import ResilienceConfig
 from shared.errors import (
     ContextTooLong,
@@ -179,7 +183,7 @@ class Executor:
                 continue
             self.breakers.success(dep.name)
             run.attempts.append(Attempt(deployment=dep.name, outcome="ok", latency_ms=_ms(t0)))
-            content, tool_calls, final, chunks = result
+            content, tool_calls, final, chunks, redacted = result
             return ExecuteResult(
                 content=content,
                 tool_calls=tool_calls,
@@ -191,6 +195,7 @@ class Executor:
                 attempts=run.attempts,
                 chunks=chunks,
                 cost_usd=providers.cost(dep, final.usage),
+                redacted=redacted,
             )
         return None
 
@@ -218,15 +223,17 @@ class Executor:
                 log.warning("degraded", how="similar")
                 c = found.completion
                 chunks = 0
+                redacted: dict[str, int] = {}
                 if req.stream_inbox is not None and c.content:
+                    text, redacted = _redacted(req, c.content)
                     await self._publish_chunk(req.stream_inbox, req.response_id, c.model, int(time.time()), 0,
-                                              c.content, ctx)  # fmt: skip
+                                              text, ctx)  # fmt: skip
                     await self.nc.flush()
                     chunks = 1
                 return ExecuteResult(
                     content=c.content, tool_calls=c.tool_calls, finish_reason=c.finish_reason, model=c.model,
                     deployment=c.deployment, provider="cache", attempts=run.attempts, chunks=chunks,
-                    degraded="similar",
+                    degraded="similar", redacted=redacted,
                 )  # fmt: skip
         for dep in plan.cheaper:
             result = await self._try_deployment(req, dep, ctx, run, max_attempts=1)
@@ -258,13 +265,13 @@ class Executor:
         """A stored result sent to a streaming repeat as one chunk."""
         assert req.stream_inbox is not None
         chunks = 0
+        redacted: dict[str, int] = {}
         if result.content:
-            await self._publish_chunk(
-                req.stream_inbox, req.response_id, result.model, int(time.time()), 0, result.content, ctx
-            )
+            text, redacted = _redacted(req, result.content)
+            await self._publish_chunk(req.stream_inbox, req.response_id, result.model, int(time.time()), 0, text, ctx)
             await self.nc.flush()
             chunks = 1
-        return _with(result, chunks=chunks)
+        return _with(result, chunks=chunks, redacted=redacted)
 
     @staticmethod
     def _failed(dep: Deployment, t0: float, err: LockgateError) -> Attempt:
@@ -272,8 +279,9 @@ class Executor:
 
     async def _attempt(
         self, req: ExecuteRequest, dep: Deployment, timeout_s: float, ctx: RequestContext
-    ) -> tuple[str | None, list[ToolCall] | None, Final, int]:
+    ) -> tuple[str | None, list[ToolCall] | None, Final, int, dict[str, int]]:
         inbox = req.stream_inbox
+        redactor = pii.StreamRedactor() if inbox is not None and req.redact_stream else None
         parts: list[str] = []
         final = Final(finish_reason=None, usage=Usage())
         sent = 0
@@ -286,7 +294,14 @@ class Executor:
                         continue
                     parts.append(item)
                     if inbox is not None:
-                        await self._publish_chunk(inbox, req.response_id, dep.model, created, sent, item, ctx)
+                        text = redactor.feed(item) if redactor is not None else item
+                        if text:
+                            await self._publish_chunk(inbox, req.response_id, dep.model, created, sent, text, ctx)
+                            sent += 1
+                if redactor is not None and inbox is not None:
+                    tail = redactor.flush()
+                    if tail:
+                        await self._publish_chunk(inbox, req.response_id, dep.model, created, sent, tail, ctx)
                         sent += 1
         except Exception as exc:
             if sent:
@@ -297,7 +312,8 @@ class Executor:
             raise
         if inbox is not None and sent:
             await self.nc.flush()  # chunks reach the server before the guard's `done`
-        return ("".join(parts) if parts or final.tool_calls is None else None), final.tool_calls, final, sent
+        content = "".join(parts) if parts or final.tool_calls is None else None
+        return content, final.tool_calls, final, sent, dict(redactor.counts) if redactor is not None else {}
 
     async def _publish_chunk(
         self, inbox: str, rid: str, model: str, created: int, seq: int, text: str, ctx: RequestContext
@@ -309,6 +325,13 @@ class Executor:
             bus.encode(chunk),
             headers={headers.EVENT: headers.EVENT_CHUNK, headers.SEQ: str(seq), headers.REQUEST_ID: ctx.request_id},
         )
+
+
+def _redacted(req: ExecuteRequest, text: str) -> tuple[str, dict[str, int]]:
+    if not req.redact_stream:
+        return text, {}
+    out, counts = pii.redact(text)
+    return out, dict(counts)
 
 
 def _with(result: ExecuteResult, **changes: object) -> ExecuteResult:

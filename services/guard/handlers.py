@@ -230,6 +230,7 @@ class Guard:
                 degrade=plan.degrade if req.lockgate.degrade else None,
                 idempotency_key=h.get(headers.IDEMPOTENCY_KEY) or None,
                 coalesce_key=tr.cache_key or None,
+                redact_stream=req.stream and policy.pii_output == "redact",
             ),
             ExecuteResult,
             ctx,
@@ -237,6 +238,9 @@ class Guard:
             timeout_s=ctx.remaining_s(),
         )
         tr.stages[EXECUTOR] = _ms(t)
+        if result.redacted:  # the executor redacted the streamed chunks
+            tr.security += [f"pii_output:{k}" for k in sorted(result.redacted)]
+            tr.redactions += sum(result.redacted.values())
 
         content = result.content
         fmt = req.response_format

@@ -102,6 +102,7 @@ class ExecuteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
     degrade: DegradePlan | None = None  # set only when the request and its route allow degrading
     idempotency_key: str | None = None  # the client's Idempotency-Key header
     coalesce_key: str | None = None  # identical cacheable requests share one provider call
+    redact_stream: bool = False  # redact PII in streamed chunks before they reach the client (shared.pii)
 
 
 class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -116,6 +117,7 @@ class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
     chunks: int = 0
     cost_usd: float = 0.0
     degraded: str = ""  # "", "similar", "cheaper_model", "template"
+    redacted: dict[str, int] = {}  # placeholders put into streamed chunks, by kind
 
 
 # -- validator -------------------------------------------------------------------------

@@ -120,3 +120,14 @@ async def test_untrusted_messages_are_checked_and_must_exist(mesh_factory: MeshF
     bad = ChatRequest(messages=[doc], lockgate=LockgateOptions(untrusted=[3]))
     body = error_of(await raw_chat(mesh, bus.encode(bad)), "invalid_request")
     assert "lockgate.untrusted" in body.message
+
+
+async def test_pii_in_a_stream_is_redacted_in_the_chunks(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory()
+    stream = await mesh.client.stream(ask("A contact", model="gpt-4o-mini", response_format=EMAIL_SCHEMA))
+    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert "@" not in text
+    assert "[REDACTED:email]" in text
+    assert stream.done is not None
+    assert stream.done.lockgate.redactions >= 1
+    assert "pii_output:email" in stream.done.lockgate.security
