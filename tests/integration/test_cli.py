@@ -65,7 +65,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     u = _start(tmp_path_factory.mktemp("up"))
     yield u
     if u.proc.poll() is None:
-        u.proc.kill()
+        code, alive = _stop(u)  # SIGTERM: up stops its own nats-server (a SIGKILL would orphan it)
+        assert code == 0
+        assert alive == []
 
 
 def test_up_prints_script_readable_lines(up: Up) -> None:
