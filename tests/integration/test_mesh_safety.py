@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from shared import bus, errors
+from shared.client import LockgateClient
 from shared.schemas.chat import ChatRequest, LockgateOptions, Message
 from tests.conftest import MeshFactory
 from tests.integration.test_mesh_audit import audit_records
@@ -131,3 +132,14 @@ async def test_pii_in_a_stream_is_redacted_in_the_chunks(mesh_factory: MeshFacto
     assert stream.done is not None
     assert stream.done.lockgate.redactions >= 1
     assert "pii_output:email" in stream.done.lockgate.security
+
+
+async def test_audit_records_are_kept_per_tenant(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory()
+    acme = LockgateClient(mesh.client.nc, await mesh.add_key("acme", ["*"]), names=mesh.names)
+    mine = await mesh.client.chat(ask("hello from dev", model="gpt-4o-mini"))
+    theirs = await acme.chat(ask("hello from acme", model="gpt-4o-mini"))
+    by_id = {r.request_id: (subject, r) for subject, r in await audit_records(mesh, 2)}
+    assert by_id[mine.lockgate.request_id][0] == mesh.names.audit("dev", "admitted")
+    assert by_id[theirs.lockgate.request_id][0] == mesh.names.audit("acme", "admitted")
+    assert by_id[theirs.lockgate.request_id][1].tenant == "acme"
