@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -146,24 +145,7 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 async def _stream(
     door: Door, request: web.Request, chat: ChatRequest, key: str | None, rid: str, t0: float
 ) -> web.StreamResponse:
-    chat_stream = await door.bridge.stream(bus.encode(chat), key, rid)
-    it = cast(AsyncGenerator[ChatChunk, None], aiter(chat_stream))
-    first: ChatChunk | None = None
-    try:
-        first = await anext(it)
-    except StopAsyncIteration:
-        pass
-    except BaseException:
-        await it.aclose()
-        raise
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "x-request-id": rid,
-            "x-lockgate-request-id": rid,
-        }
-    )
+    chat_stream, it, first, resp = await door.open_stream(bus.encode(chat), key, rid)
     model = first.model if first is not None else (chat.model or "")
     try:
         await resp.prepare(request)

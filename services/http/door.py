@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -11,9 +13,10 @@ from aiohttp import web
 from services.http.bridge import Bridge
 from services.http.errors import TooLarge
 from services.http.metrics import DoorMetrics
+from shared.client import ChatStream
 from shared.config import LockgateConfig
 from shared.headers import new_id
-from shared.schemas.chat import LockgateInfo
+from shared.schemas.chat import ChatChunk, LockgateInfo
 from shared.subjects import HTTP
 
 log = structlog.get_logger("lockgate.http")
@@ -56,6 +59,34 @@ class Door:
         if len(data) > limit:
             raise TooLarge(f"request body is {len(data)} bytes; the limit is {limit}", stage=HTTP)
         return data
+
+    async def open_stream(
+        self, body: bytes, key: str | None, rid: str
+    ) -> tuple[ChatStream, AsyncGenerator[ChatChunk, None], ChatChunk | None, web.StreamResponse]:
+        """Start a streamed chat and wait for its first chunk before any header is sent.
+
+        Waiting first lets an error that comes before any chunk (a bad key, a refusal) still be an
+        ordinary HTTP error status; both APIs' SSE writers then continue from ``first``.
+        """
+        chat_stream = await self.bridge.stream(body, key, rid)
+        it = cast(AsyncGenerator[ChatChunk, None], aiter(chat_stream))
+        first: ChatChunk | None = None
+        try:
+            first = await anext(it)
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            await it.aclose()
+            raise
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "x-request-id": rid,
+                "x-lockgate-request-id": rid,
+            }
+        )
+        return chat_stream, it, first, resp
 
     @staticmethod
     def info_headers(request_id: str, info: LockgateInfo | None) -> dict[str, str]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -70,24 +69,7 @@ async def chat_completions(door: Door, request: web.Request) -> web.StreamRespon
 async def _stream(
     door: Door, request: web.Request, body: bytes, key: str | None, rid: str, include_usage: bool, t0: float
 ) -> web.StreamResponse:
-    chat_stream = await door.bridge.stream(body, key, rid)
-    it = cast(AsyncGenerator[ChatChunk, None], aiter(chat_stream))
-    first: ChatChunk | None = None
-    try:
-        first = await anext(it)
-    except StopAsyncIteration:
-        pass
-    except BaseException:
-        await it.aclose()
-        raise
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "x-request-id": rid,
-            "x-lockgate-request-id": rid,
-        }
-    )
+    chat_stream, it, first, resp = await door.open_stream(body, key, rid)
     try:
         await resp.prepare(request)
         if first is not None:
