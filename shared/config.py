@@ -72,12 +72,15 @@ class DeploymentConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     model: str  # the provider's model id
     timeout_ms: int = 30_000  # per attempt (always cut to what is left of the request's deadline)
     max_attempts: int | None = None  # None: resilience.attempts_per_deployment
+    rpm: int | None = None  # the provider's requests-per-minute quota for it (the router prefers headroom)
+    tpm: int | None = None  # the provider's tokens-per-minute quota for it
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     deployments: list[str]
     price_in_per_mtok: float = 0.0
     price_out_per_mtok: float = 0.0
+    price_cached_in_per_mtok: float | None = None  # cached prompt tokens; None: the input price
     context_window: int = 128_000
     max_output_tokens: int = 4_096
 
@@ -94,8 +97,45 @@ class RouteConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     degrade_template: str | None = None  # the message ("template")
 
 
-class TenantConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    daily_budget_usd: float | None = None  # None: no budget
+BudgetMode = Literal["hard", "soft"]
+
+
+class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Budgets and rate limits of one scope (a tenant, each user of a tier, each key of a tier); None: unlimited."""
+
+    daily_budget_usd: float | None = None  # UTC day
+    monthly_budget_usd: float | None = None  # UTC calendar month
+    budget_mode: BudgetMode = "hard"  # hard: refuse (or degrade) past the budget; soft: alert and let it through
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute (the prompt estimate plus the output cap, counted at admission)
+
+    def problems(self, where: str) -> list[str]:
+        out = []
+        for name in ("daily_budget_usd", "monthly_budget_usd", "rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                out.append(f"{where}.{name}: must not be negative")
+        return out
+
+
+class TenantConfig(Limits, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A tenant's own limits (for all its keys and users together)."""
+
+
+class TierConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A user tier ("free", "paid", "unlimited"…): the limits of each user and of each key of the tier.
+
+    A key's tier is set when the key is made (``[[keys]] tier``, ``lockgate keys create --tier``);
+    the user is the request's ``user`` field (no user: no per-user limits).
+    """
+
+    user: Limits = Limits()
+    key: Limits = Limits()
+
+
+class BudgetsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    alert_threshold: float = 0.8  # events.v1.alert once per window when spend passes this share of a budget
+    lease_grace_ms: int = 30_000  # a reservation not settled by its request's deadline plus this is released
 
 
 class KeyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -103,6 +143,7 @@ class KeyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     tenant: str
     hash: str  # "sha256:<hex>" of the key; the key itself is never stored
     routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    tier: str = ""  # a [tiers] name ("": no tier limits)
 
 
 class BreakerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -163,6 +204,8 @@ class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     models: dict[str, ModelConfig] = {}
     routes: dict[str, RouteConfig] = {}
     tenants: dict[str, TenantConfig] = {}
+    tiers: dict[str, TierConfig] = {}
+    budgets: BudgetsConfig = BudgetsConfig()
     keys: list[KeyConfig] = []
     security: SecurityConfig = SecurityConfig()
 
@@ -201,6 +244,20 @@ def _check(cfg: LockgateConfig) -> None:
             problems.append(f"keys[{i}].tenant: unknown tenant {key.tenant!r}")
         if not key.hash.startswith("sha256:") or len(key.hash) != 7 + 64:
             problems.append(f"keys[{i}].hash: expected 'sha256:' followed by 64 hex digits")
+        if key.tier and key.tier not in cfg.tiers:
+            problems.append(f"keys[{i}].tier: unknown tier {key.tier!r}")
+    for name, tenant in cfg.tenants.items():
+        problems += tenant.problems(f"tenants.{name}")
+    for name, tier in cfg.tiers.items():
+        problems += tier.user.problems(f"tiers.{name}.user") + tier.key.problems(f"tiers.{name}.key")
+    for name, dep in cfg.deployments.items():
+        for field in ("rpm", "tpm"):
+            if (getattr(dep, field) or 0) < 0:
+                problems.append(f"deployments.{name}.{field}: must not be negative")
+    if not 0.0 < cfg.budgets.alert_threshold <= 1.0:
+        problems.append("budgets.alert_threshold: must be in (0, 1]")
+    if cfg.budgets.lease_grace_ms < 0:
+        problems.append("budgets.lease_grace_ms: must not be negative")
     for field in ("request_timeout_ms", "max_timeout_ms", "max_in_flight"):
         if getattr(cfg.gateway, field) <= 0:
             problems.append(f"gateway.{field}: must be positive")
@@ -221,6 +278,7 @@ _TABLES: dict[str, type[msgspec.Struct]] = {
     "models": ModelConfig,
     "routes": RouteConfig,
     "tenants": TenantConfig,
+    "tiers": TierConfig,
 }
 
 

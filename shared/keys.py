@@ -57,7 +57,9 @@ _principal_decoder = msgspec.json.Decoder(Principal)
 
 class KeyStore:
     def __init__(self, config: LockgateConfig, bucket: KeyValue | None, *, ttl_s: float = 5.0) -> None:
-        self._static = {k.hash: Principal(key_id=k.id, tenant=k.tenant, routes=list(k.routes)) for k in config.keys}
+        self._static = {
+            k.hash: Principal(key_id=k.id, tenant=k.tenant, routes=list(k.routes), tier=k.tier) for k in config.keys
+        }
         self._bucket = bucket
         self._ttl_s = ttl_s
         self._cache: dict[str, tuple[float, Principal | None]] = {}

@@ -148,6 +148,12 @@ def test_not_toml() -> None:
         ),
         ("[[keys]]\nid = 'k'\ntenant = 'acme'\nhash = 'md5:abc'\n", "keys[0].hash: expected 'sha256:'"),
         ("[[keys]]\nid = 'k'\ntenant = 'acme'\nhash = 'sha256:abc'\n", "keys[0].hash: expected 'sha256:'"),
+        (
+            "[[keys]]\nid = 'k'\ntenant = 'acme'\ntier = 'gold'\nhash = 'sha256:" + "0" * 64 + "'\n",
+            "keys[0].tier: unknown tier 'gold'",
+        ),
+        ("[tiers.free.user]\nrpm = -1\n", "tiers.free.user.rpm: must not be negative"),
+        ("[budgets]\nalert_threshold = 1.5\n", "budgets.alert_threshold: must be in (0, 1]"),
     ],
 )
 def test_cross_reference_errors_name_the_key(extra: str, needle: str) -> None:
@@ -168,6 +174,22 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_valid_key_hash_is_accepted() -> None:
     cfg = cfgmod.parse(BASE + "[[keys]]\nid = 'k'\ntenant = 'acme'\nhash = 'sha256:" + "a" * 64 + "'\n")
     assert cfg.keys[0].routes == ["*"]
+
+
+def test_limits_of_tenants_tiers_and_deployments() -> None:
+    cfg = cfgmod.parse(
+        BASE
+        + "[tiers.free.user]\nrpm = 10\ndaily_budget_usd = 0.5\n[tiers.free.key]\ntpm = 1000\n"
+        + "[[keys]]\nid = 'k'\ntenant = 'acme'\ntier = 'free'\nhash = 'sha256:"
+        + "a" * 64
+        + "'\n"
+    )
+    assert cfg.tiers["free"].user.rpm == 10
+    assert cfg.tiers["free"].user.budget_mode == "hard"
+    assert cfg.tiers["free"].key.tpm == 1000
+    assert cfg.keys[0].tier == "free"
+    with pytest.raises(ConfigError, match=r"tiers\.free\.user"):
+        cfgmod.parse(BASE + "[tiers.free.user]\nbudget_mode = 'sometimes'\n")
 
 
 # -- provider selection ----------------------------------------------------------------
