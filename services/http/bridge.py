@@ -43,16 +43,26 @@ class Bridge:
         self.names = names
         self.timeout_s = timeout_ms / 1000.0
 
-    def _headers(self, key: str | None, request_id: str) -> dict[str, str]:
+    def _headers(self, key: str | None, request_id: str, idempotency_key: str | None = None) -> dict[str, str]:
         h = {headers.REQUEST_ID: request_id, headers.DEADLINE: str(now_ms() + int(self.timeout_s * 1000))}
         if key:
             h[headers.AUTHORIZATION] = f"Bearer {key}"
+        if idempotency_key:
+            h[headers.IDEMPOTENCY_KEY] = idempotency_key
         return h
 
-    async def _request(self, subject: str, body: bytes, key: str | None, request_id: str, stage: str) -> Msg:
+    async def _request(
+        self,
+        subject: str,
+        body: bytes,
+        key: str | None,
+        request_id: str,
+        stage: str,
+        idempotency_key: str | None = None,
+    ) -> Msg:
         try:
             msg = await self.nc.request(
-                subject, body, timeout=self.timeout_s + 1.0, headers=self._headers(key, request_id)
+                subject, body, timeout=self.timeout_s + 1.0, headers=self._headers(key, request_id, idempotency_key)
             )
         except nats.errors.NoRespondersError:
             raise errors.StageUnavailable(f"no {stage} is running", stage=stage) from None
@@ -63,9 +73,9 @@ class Bridge:
             raise errors.from_reply(msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), stage)
         return msg
 
-    async def chat(self, body: bytes, key: str | None, request_id: str) -> bytes:
+    async def chat(self, body: bytes, key: str | None, request_id: str, idempotency_key: str | None = None) -> bytes:
         """The guard's reply bytes (an OpenAI ``chat.completion`` plus the ``lockgate`` block)."""
-        return (await self._request(self.names.chat, body, key, request_id, GUARD)).data
+        return (await self._request(self.names.chat, body, key, request_id, GUARD, idempotency_key)).data
 
     async def models(self, key: str | None, request_id: str) -> ModelList:
         return MODELS.decode((await self._request(self.names.models, b"", key, request_id, ROUTER)).data)
@@ -79,7 +89,9 @@ class Bridge:
     async def cancel(self, request_id: str) -> None:
         await self.nc.publish(self.names.mesh(EXECUTOR, OP_CANCEL), request_id.encode())
 
-    async def stream(self, body: bytes, key: str | None, request_id: str) -> ChatStream:
+    async def stream(
+        self, body: bytes, key: str | None, request_id: str, idempotency_key: str | None = None
+    ) -> ChatStream:
         """Publish with an inbox of ours as reply; chunks, then one done or one error, arrive there."""
         inbox = self.nc.new_inbox()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -88,5 +100,7 @@ class Bridge:
             queue.put_nowait(msg)
 
         sub = await self.nc.subscribe(inbox, cb=on_msg)
-        await self.nc.publish(self.names.chat, body, reply=inbox, headers=self._headers(key, request_id))
+        await self.nc.publish(
+            self.names.chat, body, reply=inbox, headers=self._headers(key, request_id, idempotency_key)
+        )
         return ChatStream(queue, self.timeout_s + 1.0, sub)

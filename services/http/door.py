@@ -22,6 +22,7 @@ from shared.subjects import HTTP
 log = structlog.get_logger("lockgate.http")
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.:-]")
+_SAFE_KEY = re.compile(r"[^\x21-\x7e]")  # printable ASCII without spaces
 
 
 class Door:
@@ -37,6 +38,13 @@ class Door:
         """The caller's ``x-request-id`` (made header-safe, at most 128 chars) or a new one."""
         rid = _SAFE_ID.sub("", request.headers.get("x-request-id", ""))[:128]
         return rid or new_id()
+
+    @staticmethod
+    def idempotency_key(request: web.Request) -> str | None:
+        """The caller's ``Idempotency-Key`` (made header-safe, at most 255 chars): the executor answers a
+        repeat with the first result (see services/executor/idempotency.py)."""
+        value = _SAFE_KEY.sub("", request.headers.get("Idempotency-Key", ""))[:255]
+        return value or None
 
     @staticmethod
     def api_key(request: web.Request) -> str | None:
@@ -61,14 +69,14 @@ class Door:
         return data
 
     async def open_stream(
-        self, body: bytes, key: str | None, rid: str
+        self, body: bytes, key: str | None, rid: str, idempotency_key: str | None = None
     ) -> tuple[ChatStream, AsyncGenerator[ChatChunk, None], ChatChunk | None, web.StreamResponse]:
         """Start a streamed chat and wait for its first chunk before any header is sent.
 
         Waiting first lets an error that comes before any chunk (a bad key, a refusal) still be an
         ordinary HTTP error status; both APIs' SSE writers then continue from ``first``.
         """
-        chat_stream = await self.bridge.stream(body, key, rid)
+        chat_stream = await self.bridge.stream(body, key, rid, idempotency_key)
         it = cast(AsyncGenerator[ChatChunk, None], aiter(chat_stream))
         first: ChatChunk | None = None
         try:

@@ -225,3 +225,19 @@ async def test_client_leaving_mid_stream_cancels_the_provider_call_and_is_audite
     assert "client went away" in rec.error_message
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as m:
         assert "lockgate_http_client_disconnects_total 1.0" in await m.text()
+
+
+async def test_idempotency_key_header_reaches_the_executor(mesh_factory: MeshFactory) -> None:
+    """A retried POST with the same Idempotency-Key gets the first answer, not a second provider call."""
+    mesh, url = await door(mesh_factory)
+    client = async_client(url, mesh.dev_key)
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "charge the card once"}]}
+    key = {"Idempotency-Key": f"order-{mesh.names.namespace}"}
+    first = await client.chat.completions.with_raw_response.create(**ask, extra_headers=key)  # type: ignore[call-overload]
+    again = await client.chat.completions.with_raw_response.create(**ask, extra_headers=key)  # type: ignore[call-overload]
+    other = await client.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    first_data, again_data, other_data = (json.loads(r.content) for r in (first, again, other))
+    assert again_data["choices"][0]["message"]["content"] == first_data["choices"][0]["message"]["content"]
+    assert [a["outcome"] for a in again_data["lockgate"]["attempts"]] == ["idempotent_replay"]
+    assert [a["outcome"] for a in other_data["lockgate"]["attempts"]] == ["ok"]  # no key: a call of its own
+    await client.close()
