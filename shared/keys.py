@@ -8,6 +8,7 @@ does not read KV on every request; a revoked key stops working within the TTL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -28,6 +29,10 @@ class Principal(msgspec.Struct, kw_only=True, frozen=True):
     routes: list[str] = msgspec.field(default_factory=lambda: ["*"])
     tier: str = ""  # the user tier of the key ("free", "pro"…), for budgets and limits by tier
     created_ms: int = 0
+    expires_ms: int = 0  # 0: never (a job's own key expires with the job's results)
+
+    def expired(self, now_ms: int) -> bool:
+        return 0 < self.expires_ms <= now_ms
 
     def may_use(self, name: str) -> bool:
         return "*" in self.routes or name in self.routes
@@ -80,18 +85,25 @@ class KeyStore:
             self._cache[digest] = (now + self._ttl_s, principal)
         if principal is None:
             raise Unauthorized("invalid API key")
+        if principal.expired(int(time.time() * 1000)):
+            raise Unauthorized("expired API key")
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
         if self._bucket is None:
             return None
+        name = digest.replace(":", "_")
         try:
-            entry = await self._bucket.get(digest.replace(":", "_"))
+            entry = await self._bucket.get(name)
         except nats.js.errors.KeyNotFoundError:
             return None
         if not entry.value:
             return None
-        return _principal_decoder.decode(entry.value)
+        principal = _principal_decoder.decode(entry.value)
+        if principal.expired(int(time.time() * 1000)):  # an expired key is only clutter: drop it (best effort)
+            with contextlib.suppress(Exception):
+                await self._bucket.purge(name)
+        return principal
 
 
 def bucket_key(key: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import sys
 
@@ -43,7 +44,8 @@ async def list_(nats_url: str, namespace: str, as_json: bool) -> int:
         if as_json:
             print(msgspec.json.encode({**msgspec.to_builtins(p), "hash": name.replace("_", ":", 1)}).decode())
         else:
-            print(f"{p.key_id}\ttenant={p.tenant}\ttier={p.tier or '-'}\troutes={','.join(p.routes)}")
+            expires = f"\texpires={_iso(p.expires_ms)}" if p.expires_ms else ""
+            print(f"{p.key_id}\ttenant={p.tenant}\ttier={p.tier or '-'}\troutes={','.join(p.routes)}{expires}")
     return 0
 
 
@@ -59,3 +61,7 @@ async def revoke(nats_url: str, namespace: str, key_id: str) -> int:
         return 1
     print(f"revoked {key_id} (resolvers drop it within their cache TTL, 5 s)")
     return 0
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

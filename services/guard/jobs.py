@@ -1,8 +1,9 @@
 """The guard's job desk: ``llm.v1.jobs.submit`` and ``llm.v1.jobs.status``.
 
 Submit admits the batch like a chat request would be admitted (key, body size,
-each request's input checks), mints the job's own API key (same tenant and
-routes as the submitter's, registered in the keys bucket) so that each item later
+each request's input checks), mints the job's own API key (same tenant, routes
+and tier as the submitter's, registered in the keys bucket, expiring with the
+job's results after ``jobs.result_ttl_s``) so that each item later
 passes the guard in full, queues one work item per request on the JOBS work queue
 (``Nats-Msg-Id`` = ``<job>.<index>``: a retried submit queues nothing twice) and
 answers with the job id at once. Status is for the submitting tenant only.
@@ -76,12 +77,14 @@ class JobDesk:
                 raise type(exc)(f"requests[{i}]: {exc.message}", stage=GUARD) from None
         job_id = f"job_{new_id()}"
         token = keys.generate()
-        await keys.register(
-            self.keys_bucket, token, Principal(key_id=f"{principal.key_id}/{job_id}", tenant=principal.tenant,
-                                               routes=list(principal.routes))
+        created = now_ms()
+        job_key = Principal(
+            key_id=f"{principal.key_id}/{job_id}", tenant=principal.tenant, routes=list(principal.routes),
+            tier=principal.tier, created_ms=created, expires_ms=created + self.config.jobs.result_ttl_s * 1000,
         )  # fmt: skip
+        await keys.register(self.keys_bucket, token, job_key)
         await self.store.put_meta(
-            JobMeta(job_id=job_id, tenant=principal.tenant, total=len(job.requests), created_ms=now_ms())
+            JobMeta(job_id=job_id, tenant=principal.tenant, total=len(job.requests), created_ms=created)
         )
         for i, req in enumerate(job.requests):
             work = JobWork(job_id=job_id, index=i, request=msgspec.structs.replace(req, stream=False), token=token)

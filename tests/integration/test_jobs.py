@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from services import host
 from shared import config as cfgmod
-from shared import errors
+from shared import errors, jetstream, keys
 from shared.schemas.chat import ChatRequest, Message
 from shared.schemas.jobs import JobItem, JobStatus, JobSubmit
 from tests.conftest import ALL, Mesh, MeshFactory
@@ -70,6 +70,12 @@ async def test_a_job_returns_an_id_at_once_and_its_results_later(mesh_factory: M
         while len(seen) < 3:
             await queue.get()
     assert sorted(i.index for i in seen) == [0, 1, 2]
+    # The job's own key: the submitter's tenant, expiring with the job's results (not a key for ever).
+    bucket = await jetstream.ensure_bucket(mesh.client.nc.jetstream(), mesh.names.keys_bucket)
+    [job_key] = [p for _, p in await keys.list_keys(bucket) if p.key_id.endswith("/" + accepted.job_id)]
+    assert job_key.tenant == "dev"
+    ttl_ms = cfgmod.LockgateConfig().jobs.result_ttl_s * 1000
+    assert job_key.expires_ms == job_key.created_ms + ttl_ms
 
 
 async def test_a_job_is_refused_at_submit_when_an_item_is_invalid(mesh_factory: MeshFactory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import msgspec
@@ -36,6 +37,9 @@ class FakeBucket:
     async def put(self, key: str, value: bytes) -> int:
         self.data[key] = value
         return len(self.data)
+
+    async def purge(self, key: str) -> None:
+        self.data.pop(key, None)
 
 
 def config_with_key(key: str, routes: list[str] | None = None) -> cfgmod.LockgateConfig:
@@ -153,3 +157,17 @@ async def test_revoked_key_stops_working_after_the_ttl() -> None:
 async def test_no_bucket_only_static_keys() -> None:
     with pytest.raises(Unauthorized):
         await KeyStore(cfgmod.parse(""), None).resolve("Bearer lg-x")
+
+
+async def test_an_expired_key_is_refused_and_dropped_from_the_bucket() -> None:
+    bucket = FakeBucket()
+    live, old = keys.generate(), keys.generate()
+    now = int(time.time() * 1000)
+    await keys.register(bucket, live, Principal(key_id="job-live", tenant="t", expires_ms=now + 60_000))  # type: ignore[arg-type]
+    await keys.register(bucket, old, Principal(key_id="job-old", tenant="t", expires_ms=now - 1))  # type: ignore[arg-type]
+    store = KeyStore(cfgmod.parse(""), bucket)  # type: ignore[arg-type]
+    assert (await store.resolve(f"Bearer {live}")).key_id == "job-live"
+    with pytest.raises(Unauthorized, match="expired API key"):
+        await store.resolve(f"Bearer {old}")
+    assert keys.bucket_key(old) not in bucket.data
+    assert keys.bucket_key(live) in bucket.data
