@@ -189,6 +189,16 @@ class JobsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     concurrency: int = 32  # items one worker runs at once
 
 
+class ApprovalsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Human in the loop (``lockgate approvals``): which requests and answers wait for a person."""
+
+    # Tools whose call cannot be undone: a non-streamed answer that calls one is held until a human
+    # approves it; a streamed request that offers one is approved before it runs (a stream cannot
+    # be held back).
+    irreversible_tools: list[str] = []
+    timeout_s: float = 900.0  # no decision by then: approval_expired
+
+
 class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     nats: NatsConfig = NatsConfig()
     gateway: GatewayConfig = GatewayConfig()
@@ -208,6 +218,10 @@ class LockgateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     budgets: BudgetsConfig = BudgetsConfig()
     keys: list[KeyConfig] = []
     security: SecurityConfig = SecurityConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+
+
+APPROVAL_TIMEOUT_MAX_S = 86_400.0  # the approvals bucket keeps records 7 days; a day of waiting is plenty
 
 
 def _check(cfg: LockgateConfig) -> None:
@@ -268,6 +282,10 @@ def _check(cfg: LockgateConfig) -> None:
         problems.append("resilience.breaker: failure_count and half_open_probes must be at least 1")
     if not 0.0 < res.breaker.failure_ratio <= 1.0:
         problems.append("resilience.breaker.failure_ratio: must be in (0, 1]")
+    if not 0.0 < cfg.approvals.timeout_s <= APPROVAL_TIMEOUT_MAX_S:
+        problems.append(f"approvals.timeout_s: must be in (0, {int(APPROVAL_TIMEOUT_MAX_S)}]")
+    if any(not name.strip() for name in cfg.approvals.irreversible_tools):
+        problems.append("approvals.irreversible_tools: tool names must not be empty")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -104,6 +104,24 @@ class BlockedOutput(LockgateError):
     status = 422
 
 
+class ApprovalDenied(LockgateError):
+    """A human refused the request (or its held answer) in ``lockgate approvals deny``."""
+
+    type = "approval_denied"
+    status = 403
+
+
+class ApprovalExpired(LockgateError):
+    """Nobody decided within ``approvals.timeout_s`` (or before the request's deadline).
+
+    403, not 408/504: the OpenAI and Anthropic SDKs retry 408, 409 and 5xx on their own, and
+    every retry would park a new approval in front of the humans.
+    """
+
+    type = "approval_expired"
+    status = 403
+
+
 class InvalidOutput(LockgateError):
     type = "invalid_output"
     status = 422
@@ -162,6 +180,8 @@ _BY_TYPE: dict[str, type[LockgateError]] = {
         Unauthorized,
         BudgetExceeded,
         Forbidden,
+        ApprovalDenied,
+        ApprovalExpired,
         ContextTooLong,
         BlockedInput,
         BlockedOutput,

@@ -139,6 +139,11 @@ class Names:
     def idempotency_bucket(self) -> str:
         return self._upper("LOCKGATE_IDEMPOTENCY")
 
+    @property
+    def approvals_bucket(self) -> str:
+        """Parked approvals and their one decision (``shared.approvals``)."""
+        return self._upper("LOCKGATE_APPROVALS")
+
     # -- background jobs (JetStream work queue JOBS, dead letters JOBS_DEAD, KV results) --
     def jobs_work(self, job_id: str, index: int) -> str:
         return self._s(f"jobs.v1.work.{token(job_id)}.{index}")

@@ -27,6 +27,10 @@ jobs_app = typer.Typer(help="Background jobs (a JetStream work queue).", no_args
 app.add_typer(jobs_app, name="jobs")
 keys_app = typer.Typer(help="API keys (stored hashed in the JetStream KV bucket).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+approvals_app = typer.Typer(
+    help="Requests and answers waiting for a person (human in the loop): list, approve, deny.", no_args_is_help=True
+)
+app.add_typer(approvals_app, name="approvals")
 
 NatsUrl = Annotated[str, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS server URL.")]
 ConfigOpt = Annotated[
@@ -211,6 +215,53 @@ def keys_revoke(
     from services.cli import keys as keys_mod  # noqa: PLC0415
 
     _run(keys_mod.revoke(nats_url, namespace, key_id))
+
+
+Decider = Annotated[
+    str, typer.Option("--by", envvar="USER", help="Who decides, kept in the record and the audit ($USER, else 'cli').")
+]
+
+
+@approvals_app.command("list")
+def approvals_list(
+    include_decided: Annotated[
+        bool, typer.Option("--all", help="Also approved, denied and expired ones (kept 7 days), with their status.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """List pending approvals: id, tenant, age, time left, what waits (model, tools, a redacted preview)."""
+    from services.cli import approvals as approvals_mod  # noqa: PLC0415
+
+    _run(approvals_mod.list_(nats_url, namespace, include_decided=include_decided, as_json=as_json))
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    approval_id: Annotated[str, typer.Argument(help="The approval id (ap_..., from list).")],
+    by: Decider = "cli",
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """Release a pending request (it runs) or held answer (it is delivered). Exit 1: unknown, decided or expired."""
+    from services.cli import approvals as approvals_mod  # noqa: PLC0415
+
+    _run(approvals_mod.decide(nats_url, namespace, approval_id, "approved", by, ""))
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    approval_id: Annotated[str, typer.Argument(help="The approval id (ap_..., from list).")],
+    reason: Annotated[str, typer.Option("--reason", help="Told to the client in the approval_denied error.")] = "",
+    by: Decider = "cli",
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """Refuse a pending request or held answer: the client gets approval_denied. Exit 1: unknown, decided or expired."""
+    from services.cli import approvals as approvals_mod  # noqa: PLC0415
+
+    _run(approvals_mod.decide(nats_url, namespace, approval_id, "denied", by, reason))
 
 
 @app.command()

@@ -1,8 +1,10 @@
 """The guard: admit a request, drive the stages, answer the client, report the outcome.
 
 Order: size → key → decode → input checks → (route ‖ cache lookup) → access
-check → cache hit answers at once (no budget reserved) → reserve → execute →
-validate (JSON only) → reply → completion event. Each stage call runs under
+check → safety → approval (when the request needs one) → cache hit answers at
+once (no budget reserved) → reserve → execute → validate (JSON only) → output
+checks → answer held for approval (an irreversible tool call) → reply →
+completion event. Each stage call runs under
 its own time slice of the deadline and its failure policy (open: carry on
 without it; closed: refuse with ``stage_unavailable``).
 """
@@ -10,6 +12,7 @@ without it; closed: refuse with ``stage_unavailable``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +25,9 @@ from nats.js import JetStreamContext
 from nats.micro.request import Request
 
 from services.guard import inputs, reask, replies, safety
+from services.guard.approvals import Gate
 from services.guard.moderation import Moderator
-from shared import bus, headers, pii, similarity
+from shared import approvals, bus, headers, pii, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
     DeadlineExceeded,
@@ -36,8 +40,9 @@ from shared.errors import (
 )
 from shared.headers import RequestContext, now_ms
 from shared.keys import KeyStore, Principal
-from shared.schemas.chat import ChatRequest, LockgateInfo, ResponseFormat, StreamDone, Usage
-from shared.schemas.events import CompletionEvent, Outcome
+from shared.schemas.approvals import ApprovalKind
+from shared.schemas.chat import ChatRequest, LockgateInfo, ResponseFormat, StreamDone, ToolCall, Usage
+from shared.schemas.events import ApprovalFacts, CompletionEvent, Outcome
 from shared.schemas.mesh import (
     CachedCompletion,
     CacheLookup,
@@ -73,7 +78,7 @@ log = structlog.get_logger("lockgate.guard")
 
 REFUSED = frozenset(
     {"invalid_request", "unauthorized", "forbidden", "budget_exceeded", "rate_limited", "blocked_input",
-     "context_too_long"}
+     "context_too_long", "approval_denied", "approval_expired"}
 )  # fmt: skip
 
 
@@ -95,6 +100,9 @@ class Trace:
     validation: str = ""
     security: list[str] = field(default_factory=list)  # safety findings (names only, never matched text)
     redactions: int = 0
+    approvals: list[ApprovalFacts] = field(default_factory=list)
+    asked_deadline_ms: int | None = None  # the client's own deadline, before the clamp (None: it sent none)
+    timer: asyncio.Timeout | None = None  # bounds the whole request; moved when an approval may be waited for
 
     def total_ms(self) -> float:
         return round((time.perf_counter() - self.t0) * 1000, 3)
@@ -108,10 +116,12 @@ class Guard:
         config: LockgateConfig,
         names: Names,
         keys: KeyStore,
+        gate: Gate,
         *,
         on_error: Callable[[str, LockgateError], None] | None = None,
     ) -> None:
         self.on_error = on_error  # counts refusals in $SRV.STATS (Stage.record_error)
+        self.gate = gate
         self.nc = nc
         self.js = js
         self.config = config
@@ -134,10 +144,11 @@ class Guard:
         h = request.headers or {}
         gw = self.config.gateway
         ctx = RequestContext.from_headers(h, default_timeout_ms=gw.request_timeout_ms)
+        asked = ctx.deadline_ms if headers.DEADLINE in h and h[headers.DEADLINE].strip().isdigit() else None
         ctx = ctx.with_deadline(min(ctx.deadline_ms, now_ms() + gw.max_timeout_ms))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id, stage=GUARD)
-        tr = Trace(ctx=ctx)
+        tr = Trace(ctx=ctx, asked_deadline_ms=asked)
         inbox = request._msg.reply
         outcome: Outcome
         err: LockgateError | None = None
@@ -146,8 +157,14 @@ class Guard:
                 raise InvalidRequest("no reply subject: send llm.v1.chat as a request", stage=GUARD)
             if ctx.expired():
                 raise DeadlineExceeded("the request's deadline had passed on arrival", stage=GUARD)
-            async with asyncio.timeout(ctx.remaining_s()):
+            async with asyncio.timeout(ctx.remaining_s()) as tr.timer:
                 outcome = await self._serve(request.data, h, inbox, tr)
+        except asyncio.CancelledError:  # this guard is stopping (past its grace period): say so, do not go silent
+            if inbox:
+                gone = StageUnavailable("the guard serving this request stopped; send it again", stage=GUARD)
+                with contextlib.suppress(Exception):
+                    await replies.send_error(self.nc, inbox, gone, tr.ctx.request_id)
+            raise
         except Exception as exc:
             err = bus.as_lockgate_error(exc, GUARD)
             if err.type == "internal":
@@ -176,6 +193,12 @@ class Guard:
             raise InvalidRequest(f"invalid request: {validation_message(exc)}", stage=GUARD) from None
         tr.req = req
         total_chars = inputs.check(req, self.limits)
+        if self.gate.may_wait(req):  # a person may have to decide: the deadline the client asked for, within reason
+            gw = self.config.gateway
+            self._move_deadline(
+                tr, self.gate.deadline_ms(tr.asked_deadline_ms, gw.request_timeout_ms, gw.max_timeout_ms)
+            )
+            ctx = tr.ctx
         if req.lockgate.max_latency_ms is not None:
             tr.ctx = ctx = ctx.with_deadline(min(ctx.deadline_ms, now_ms() + req.lockgate.max_latency_ms))
 
@@ -203,8 +226,17 @@ class Guard:
             raise screened.refusal
         tr.req = req = screened.request
 
+        reason = self.gate.before(req)
+        if reason is not None:
+            last_user = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+            await self._wait_for_approval(
+                tr, kind="request", reason=reason, model=req.model or plan.route, tools=approvals.offered_tools(req.tools),
+                preview=last_user,
+            )  # fmt: skip
+
         if hit is not None and hit.completion is not None:
             tr.cached = hit.completion
+            await self._hold_answer(req, hit.completion.tool_calls, hit.completion.model, tr)
             await self._answer_cached(req, hit.completion, inbox, tr, policy)
             return "cached"
 
@@ -252,6 +284,7 @@ class Guard:
             content = out.content
             tr.security += out.findings
             tr.redactions += out.redactions
+            await self._hold_answer(req, result.tool_calls, result.model, tr)
 
         info = self._info(tr)
         rid = f"chatcmpl-{ctx.request_id}"
@@ -267,6 +300,35 @@ class Guard:
             )
             await replies.send_completion(self.nc, inbox, resp, ctx.request_id)
         return "completed"
+
+    # -- approvals ----------------------------------------------------------------------
+    def _move_deadline(self, tr: Trace, deadline_ms: int) -> None:
+        tr.ctx = tr.ctx.with_deadline(deadline_ms)
+        if tr.timer is not None:
+            tr.timer.reschedule(asyncio.get_running_loop().time() + tr.ctx.remaining_s())
+
+    async def _wait_for_approval(
+        self, tr: Trace, *, kind: ApprovalKind, reason: str, model: str, tools: list[str], preview: str
+    ) -> None:
+        t = time.perf_counter()
+        try:
+            await self.gate.wait(
+                tr.ctx, kind=kind, reason=reason, model=model, route=tr.plan.route if tr.plan else "", tools=tools,
+                preview=preview, facts=tr.approvals,
+            )  # fmt: skip
+        finally:
+            tr.stages["approval"] = tr.stages.get("approval", 0.0) + _ms(t)
+
+    async def _hold_answer(self, req: ChatRequest, calls: list[ToolCall] | None, model: str, tr: Trace) -> None:
+        """A non-streamed answer that calls an irreversible tool waits for a person before delivery."""
+        held = self.gate.held(calls) if not req.stream else []
+        if held:
+            args = " ".join(
+                f"{c.function.name}({c.function.arguments})" for c in calls or () if c.function.name in held
+            )
+            await self._wait_for_approval(
+                tr, kind="answer", reason="irreversible_call", model=model, tools=held, preview=args
+            )
 
     async def _validate(
         self, req: ChatRequest, fmt: ResponseFormat, content: str, plan: RoutePlan, policy: Policy, tr: Trace
@@ -401,6 +463,7 @@ class Guard:
             fingerprint=similarity.fingerprint(req.messages) if completion is not None and req else [],
             metadata=req.lockgate.metadata if req else {},
             security=tr.security,
+            approvals=tr.approvals,
         )
         subject = self.names.event(EV_COMPLETION, ev.tenant)  # Names makes the tenant a safe token
         try:

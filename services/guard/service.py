@@ -1,10 +1,11 @@
-"""Guard wiring: llm.v1.chat, llm.v1.jobs.submit and llm.v1.jobs.status."""
+"""Guard wiring: llm.v1.chat, llm.v1.jobs.submit and llm.v1.jobs.status; the approvals bucket."""
 
 from __future__ import annotations
 
+from services.guard.approvals import Gate
 from services.guard.handlers import Guard
 from services.guard.jobs import JobDesk
-from shared import jetstream, jobstore
+from shared import approvals, jetstream, jobstore
 from shared.keys import KeyStore
 from shared.runtime import Env, Running
 from shared.subjects import GUARD
@@ -14,7 +15,10 @@ async def start(env: Env) -> Running:
     bucket = await jetstream.ensure_bucket(env.js, env.names.keys_bucket)
     await jetstream.ensure_events(env.js, env.names)
     stage = env.stage(GUARD, "admits chat requests and drives the stages")
-    guard = Guard(env.nc, env.js, env.config, env.names, KeyStore(env.config, bucket), on_error=stage.record_error)
+    gate = Gate(env.config.approvals, approvals.ApprovalStore(await approvals.ensure(env.js, env.names)))
+    guard = Guard(
+        env.nc, env.js, env.config, env.names, KeyStore(env.config, bucket), gate, on_error=stage.record_error
+    )
     await stage.start()
     await stage.add_raw(stage.service, name="chat", subject=env.names.chat, handler=guard.chat)
     store = jobstore.JobStore(await jobstore.ensure(env.js, env.names, env.config.jobs))

@@ -57,6 +57,8 @@ _OUTPUTS: dict[str, str] = {
     "bad_json": "bad-json",
     "schema-violation": "schema-violation",
     "schema_violation": "schema-violation",
+    "tool-call": "tool-call",
+    "tool_call": "tool-call",
 }
 _CACHE_MAX = 1024
 
@@ -101,7 +103,7 @@ def _convert(field: str, key: str, raw: str | None) -> Any:
     if field == "output":
         mode = _OUTPUTS.get(raw.lower())
         if mode is None:
-            raise FaultSpecError(f"fault 'output' must be auto, bad-json or schema-violation, got {raw!r}")
+            raise FaultSpecError(f"fault 'output' must be auto, bad-json, schema-violation or tool-call, got {raw!r}")
         return mode
     if field == "status":
         status = _int(key, raw)

@@ -30,6 +30,8 @@ class _ChatRequest(msgspec.Struct):
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
     response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 _decoder = msgspec.json.Decoder(_ChatRequest)
@@ -57,6 +59,18 @@ class ChatRequest:
     max_tokens: int | None
     mode: str  # "text" | "json_object" | "json_schema"
     schema: Any
+    tool: tuple[str, Any] | None = None  # the tool output "tool-call" calls: (name, parameters schema)
+
+
+def _pick_tool(tools: list[dict[str, Any]] | None, choice: str | dict[str, Any] | None) -> tuple[str, Any] | None:
+    """The tool ``tool_choice`` names, else the first one offered."""
+    offered = [t["function"] for t in tools or () if isinstance(t.get("function"), dict) and t["function"].get("name")]
+    named = choice.get("function") if isinstance(choice, dict) else None
+    wanted = named.get("name") if isinstance(named, dict) else None
+    for fn in offered:
+        if wanted is None or fn["name"] == wanted:
+            return str(fn["name"]), fn.get("parameters") or {"type": "object"}
+    return None
 
 
 def parse(body: bytes, seed: int) -> ChatRequest:
@@ -93,6 +107,7 @@ def parse(body: bytes, seed: int) -> ChatRequest:
         max_tokens=req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
         mode=mode,
         schema=schema,
+        tool=_pick_tool(req.tools, req.tool_choice),
     )
 
 
@@ -170,9 +185,30 @@ class OpenAIWire:
             "total_tokens": req.prompt_tokens + completion,
         }
 
+    def tool_call(self, req: ChatRequest) -> dict[str, Any] | None:
+        """Output ``tool-call``: one call of the picked tool, arguments valid for its schema."""
+        if req.tool is None:
+            return None
+        name, schema = req.tool
+        try:
+            args = _encode(text.schema_instance(schema, req.digest)).decode()
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            args = "{}"
+        return {
+            "id": f"call_sim{req.digest.hex()[:16]}",
+            "type": "function",
+            "function": {"name": name, "arguments": args},
+        }
+
     def respond(self, req: ChatRequest, output: str) -> bytes:
         """A complete ``chat.completion`` JSON body."""
-        content, finish = self.content(req, output)
+        call = self.tool_call(req) if output == "tool-call" else None
+        if call is not None:
+            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+            content, finish = "", "tool_calls"
+        else:
+            content, finish = self.content(req, output)
+            message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
         return _encode(
             {
                 "id": self._id(),
@@ -182,7 +218,7 @@ class OpenAIWire:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                        "message": message,
                         "logprobs": None,
                         "finish_reason": finish,
                     }
@@ -211,8 +247,13 @@ class OpenAIWire:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return b"data: " + _encode({**head, "choices": [choice]}) + b"\n\n"
 
-        events = [frame({"role": "assistant", "content": "", "refusal": None})]
-        events.extend(frame({"content": piece}) for piece in text.stream_pieces(content))
+        call = self.tool_call(req) if output == "tool-call" else None
+        if call is not None:
+            content, finish = "", "tool_calls"
+            events = [frame({"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]})]
+        else:
+            events = [frame({"role": "assistant", "content": "", "refusal": None})]
+            events.extend(frame({"content": piece}) for piece in text.stream_pieces(content))
         events.append(frame({}, finish))
         if req.include_usage:
             usage = {**head, "choices": [], "usage": self._usage(req, content)}

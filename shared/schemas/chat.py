@@ -74,6 +74,7 @@ class LockgateOptions(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
     degrade: bool = False
     metadata: dict[str, str] = {}
     untrusted: list[int] = []  # indexes of messages holding untrusted data (documents, retrieved context)
+    requires_approval: bool = False  # a human approves the request (`lockgate approvals`) before it runs
 
 
 class ChatRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -12,6 +12,16 @@ from shared.schemas.mesh import CachedCompletion
 Outcome = Literal["completed", "cached", "refused", "failed"]
 
 
+class ApprovalFacts(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A human decision the request waited for (``lockgate approvals``)."""
+
+    id: str
+    kind: str  # "request" (waited before it ran) or "answer" (its answer was held)
+    outcome: str  # "approved", "denied" or "expired"
+    by: str = ""  # who decided (the CLI's --by), "" when it expired
+    wait_ms: int = 0
+
+
 class RequestFacts(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """What is known of one request once it is answered: shared by event and audit record."""
 
@@ -36,6 +46,7 @@ class RequestFacts(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     metadata: dict[str, str] = {}
     degraded: str = ""  # "", "cheaper_model", "template": the answer was a degraded one
     security: list[str] = []  # safety findings: signal and kind names only, never the text that matched
+    approvals: list[ApprovalFacts] = []  # human decisions waited for (a request and then its answer: two)
 
 
 FACT_FIELDS: tuple[str, ...] = RequestFacts.__struct_fields__

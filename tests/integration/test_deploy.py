@@ -483,6 +483,11 @@ PUBLISH_RULES = [
     ("jobs", "mesh.v1.executor.run", "executor", False),
     ("jobs", "llm.v1.jobs.done.j1", "client", True),
     ("client", "llm.v1.jobs.done.j1", "client", True),
+    # Approvals: the operator decides, the guard parks and expires, a client can never approve itself.
+    ("admin", "$KV.LOCKGATE_APPROVALS.ap_0123456789ab", "guard", True),
+    ("guard", "$KV.LOCKGATE_APPROVALS.ap_0123456789ab", "admin", True),
+    ("client", "$KV.LOCKGATE_APPROVALS.ap_0123456789ab", "guard", False),
+    ("http", "$KV.LOCKGATE_APPROVALS.ap_0123456789ab", "guard", False),
 ]
 
 

@@ -142,6 +142,8 @@ def test_not_toml() -> None:
         ("[gateway]\ndefault_route = 'nowhere'\n", "gateway.default_route: unknown route 'nowhere'"),
         ("[gateway]\nmax_in_flight = 0\n", "gateway.max_in_flight: must be positive"),
         ("[gateway]\nrequest_timeout_ms = -1\n", "gateway.request_timeout_ms: must be positive"),
+        ("[approvals]\ntimeout_s = 0\n", "approvals.timeout_s: must be in (0, 86400]"),
+        ("[approvals]\nirreversible_tools = ['']\n", "approvals.irreversible_tools: tool names must not be empty"),
         (
             "[[keys]]\nid = 'k'\ntenant = 'ghost'\nhash = 'sha256:" + "0" * 64 + "'\n",
             "keys[0].tenant: unknown tenant 'ghost'",

@@ -13,6 +13,8 @@ ALL_CLASSES = [
     errors.Unauthorized,
     errors.BudgetExceeded,
     errors.Forbidden,
+    errors.ApprovalDenied,
+    errors.ApprovalExpired,
     errors.NotFound,
     errors.ContextTooLong,
     errors.BlockedInput,
@@ -32,7 +34,7 @@ def test_error_types_are_the_documented_vocabulary() -> None:
     assert set(errors.ERROR_TYPES) == {
         "invalid_request", "unauthorized", "forbidden", "rate_limited", "budget_exceeded", "blocked_input",
         "blocked_output", "context_too_long", "upstream_error", "upstream_unavailable", "deadline_exceeded",
-        "invalid_output", "stage_unavailable", "internal",
+        "invalid_output", "stage_unavailable", "internal", "approval_denied", "approval_expired",
     }  # fmt: skip
 
 

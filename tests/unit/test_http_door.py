@@ -18,6 +18,9 @@ from shared.errors import InvalidRequest
         (errors.InvalidRequest("x"), 400, "invalid_request_error", "invalid_request_error"),
         (errors.Unauthorized("x"), 401, "authentication_error", "authentication_error"),
         (errors.Forbidden("x"), 403, "permission_error", "permission_error"),
+        # 403, not 408/504: the SDKs retry those themselves, and each retry would ask the humans again.
+        (errors.ApprovalDenied("x"), 403, "permission_error", "permission_error"),
+        (errors.ApprovalExpired("x"), 403, "permission_error", "permission_error"),
         (errors.NotFound("x"), 404, "not_found_error", "not_found_error"),
         (http_errors.TooLarge("x"), 413, "invalid_request_error", "request_too_large"),
         (errors.InvalidOutput("x"), 422, "invalid_request_error", "invalid_request_error"),

@@ -382,3 +382,22 @@ def test_cli_config() -> None:
     with pytest.raises(msgspec.ValidationError):
         build_config(["--port", "70000"])
     assert math.isclose(cfg.profiles["flaky"].error_rate, 0.5)
+
+
+def test_output_tool_call_calls_the_chosen_tool_with_valid_arguments() -> None:
+    wire = OpenAIWire(seed=0, words_per_reply=5)
+    tools = [
+        {"type": "function", "function": {"name": "lookup"}},
+        {"type": "function", "function": {"name": "pay", "parameters": {
+            "type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]}}},
+    ]  # fmt: skip
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools}
+    first = json.loads(wire.respond(wire.parse(json.dumps(body).encode()), "tool-call"))["choices"][0]
+    assert first["finish_reason"] == "tool_calls"
+    assert first["message"]["content"] is None
+    assert first["message"]["tool_calls"][0]["function"]["name"] == "lookup"
+    chosen = {**body, "tool_choice": {"type": "function", "function": {"name": "pay"}}}
+    call = json.loads(wire.respond(wire.parse(json.dumps(chosen).encode()), "tool-call"))["choices"][0]["message"]
+    assert "amount" in json.loads(call["tool_calls"][0]["function"]["arguments"])
+    plain = json.loads(wire.respond(wire.parse(json.dumps({**body, "tools": None}).encode()), "tool-call"))
+    assert plain["choices"][0]["message"]["content"].startswith("Simulated reply")  # no tools: text
