@@ -132,6 +132,10 @@ class Names:
         return self._upper("LOCKGATE_BUDGETS")
 
     @property
+    def rates_bucket(self) -> str:
+        return self._upper("LOCKGATE_RATES")
+
+    @property
     def breakers_bucket(self) -> str:
         return self._upper("LOCKGATE_BREAKERS")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.guard.handlers import Guard
 from services.guard.jobs import JobDesk
+from services.guard.rates import BUCKET_TTL_S, RateLimiter
 from shared import jetstream, jobstore
 from shared.keys import KeyStore
 from shared.runtime import Env, Running
@@ -13,8 +14,11 @@ from shared.subjects import GUARD
 async def start(env: Env) -> Running:
     bucket = await jetstream.ensure_bucket(env.js, env.names.keys_bucket)
     await jetstream.ensure_events(env.js, env.names)
+    rates = RateLimiter(await jetstream.ensure_bucket(env.js, env.names.rates_bucket, ttl_s=BUCKET_TTL_S), env.config)
     stage = env.stage(GUARD, "admits chat requests and drives the stages")
-    guard = Guard(env.nc, env.js, env.config, env.names, KeyStore(env.config, bucket), on_error=stage.record_error)
+    guard = Guard(
+        env.nc, env.js, env.config, env.names, KeyStore(env.config, bucket), on_error=stage.record_error, rates=rates
+    )
     await stage.start()
     await stage.add_raw(stage.service, name="chat", subject=env.names.chat, handler=guard.chat)
     store = jobstore.JobStore(await jobstore.ensure(env.js, env.names, env.config.jobs))
