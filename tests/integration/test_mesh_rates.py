@@ -215,3 +215,36 @@ async def test_the_http_door_sends_openai_rate_limit_headers(mesh_factory: MeshF
             assert error["code"] == "rate_limited"
             assert "tenant 'slow'" in error["message"]
             assert key not in error["message"]
+
+
+CAPACITY = """
+[deployments.q-first]
+provider = "sim-openai"
+model = "gpt-4o-mini"
+rpm = 2
+
+[deployments.q-second]
+provider = "sim-anthropic"
+model = "claude-3-5-haiku-latest"
+
+[models.duo]
+deployments = ["q-first", "q-second"]
+"""
+
+
+async def test_a_deployment_at_its_quota_moves_behind_one_with_headroom(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory(extra_toml=CAPACITY)
+    req = ChatRequest(model="duo", messages=[Message(role="user", content="hi")], max_tokens=8)
+    for _ in range(2):
+        assert (await mesh.client.chat(req)).lockgate.deployment == "q-first"
+    served = ""
+    for _ in range(30):  # the router counts a request once its completion event arrives
+        served = (await mesh.client.chat(req)).lockgate.deployment
+        if served == "q-second":
+            break
+        await asyncio.sleep(0.1)
+    assert served == "q-second"
+    # A restarted router replays the last minute of events: q-first is still at its quota.
+    await mesh.stop_service("router")
+    mesh.running += await host.start(mesh.nc, mesh.config, ["router"])
+    assert (await mesh.client.chat(req)).lockgate.deployment == "q-second"
