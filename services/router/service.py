@@ -12,7 +12,7 @@ from shared.headers import RequestContext
 from shared.keys import KeyStore
 from shared.runtime import Env, Running
 from shared.schemas.mesh import RoutePlan, RouteRequest
-from shared.subjects import OP_ROUTE, ROUTER
+from shared.subjects import OP_CAPACITY, OP_ROUTE, ROUTER
 
 
 async def start(env: Env) -> Running:
@@ -41,4 +41,9 @@ async def start(env: Env) -> Running:
         stage.group(env.names.mesh_group(ROUTER)), name=OP_ROUTE, req_type=RouteRequest, handler=route
     )
     await stage.add_raw(stage.service, name="models", subject=env.names.models, handler=models)
+
+    async def report(request: Request) -> None:
+        await request.respond(bus.encode(capacity.usage()))
+
+    await stage.add_raw(stage.service, name=OP_CAPACITY, subject=env.names.mesh(ROUTER, OP_CAPACITY), handler=report)
     return Running(ROUTER, stage, tasks=[watch], cleanups=[stop_following])

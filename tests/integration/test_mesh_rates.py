@@ -248,3 +248,15 @@ async def test_a_deployment_at_its_quota_moves_behind_one_with_headroom(mesh_fac
     await mesh.stop_service("router")
     mesh.running += await host.start(mesh.nc, mesh.config, ["router"])
     assert (await mesh.client.chat(req)).lockgate.deployment == "q-second"
+
+
+async def test_status_shows_deployment_capacity(mesh_factory: MeshFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli import status  # noqa: PLC0415
+
+    mesh = await mesh_factory(extra_toml=CAPACITY)
+    await mesh.client.chat(ChatRequest(model="duo", messages=[Message(role="user", content="hi")], max_tokens=8))
+    await asyncio.sleep(0.3)
+    assert await status.run(mesh.url, namespace=mesh.names.namespace) == 0
+    out = capsys.readouterr().out
+    assert "Deployment capacity" in out
+    assert "q-first" in out
