@@ -40,6 +40,7 @@ class StagesConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     cache: StagePolicy = StagePolicy(timeout_ms=200, on_failure="open")
     budgeter: StagePolicy = StagePolicy(timeout_ms=500, on_failure="closed")
     validator: StagePolicy = StagePolicy(timeout_ms=1_000, on_failure="closed")
+    rates: StagePolicy = StagePolicy(timeout_ms=500, on_failure="closed")  # the guard's rate check (KV)
 
 
 class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

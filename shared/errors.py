@@ -12,6 +12,7 @@ from typing import ClassVar
 import msgspec
 
 from shared.schemas.errors import ErrorBody, ErrorEnvelope
+from shared.schemas.ratelimit import RateLimitInfo
 
 
 class LockgateError(Exception):
@@ -34,6 +35,7 @@ class LockgateError(Exception):
         self.stage = stage
         self.retryable = self.default_retryable if retryable is None else retryable
         self.retry_after_ms = retry_after_ms
+        self.rate_limit: RateLimitInfo | None = None  # set by the guard once the request was counted
 
     def body(self, request_id: str = "") -> ErrorBody:
         return ErrorBody(
@@ -43,6 +45,7 @@ class LockgateError(Exception):
             retry_after_ms=self.retry_after_ms,
             request_id=request_id,
             stage=self.stage,
+            rate_limit=self.rate_limit,
         )
 
     def envelope(self, request_id: str = "") -> ErrorEnvelope:
@@ -204,12 +207,14 @@ def from_body(body: ErrorBody, status: int | None = None) -> LockgateError:
         cls = NotFound
     elif cls is DeadlineExceeded and status == 499:
         cls = Cancelled
-    return cls(
+    err = cls(
         body.message,
         stage=body.stage,
         retryable=body.retryable,
         retry_after_ms=body.retry_after_ms,
     )
+    err.rate_limit = body.rate_limit
+    return err
 
 
 _envelope_decoder = msgspec.json.Decoder(ErrorEnvelope)

@@ -31,6 +31,7 @@ OP_LOOKUP: Final = "lookup"
 OP_SIMILAR: Final = "similar"
 OP_EXECUTE: Final = "execute"
 OP_VALIDATE: Final = "validate"
+OP_CAPACITY: Final = "capacity"  # mesh.v1.router.capacity: deployments' last minute (lockgate status)
 OP_CANCEL: Final = "cancel"  # mesh.v1.executor.cancel: body = a request id (see shared.bus.Stage.cancel_on)
 
 # Event kinds on events.v1.<kind>.<tenant>.
@@ -130,6 +131,10 @@ class Names:
     @property
     def budgets_bucket(self) -> str:
         return self._upper("LOCKGATE_BUDGETS")
+
+    @property
+    def rates_bucket(self) -> str:
+        return self._upper("LOCKGATE_RATES")
 
     @property
     def breakers_bucket(self) -> str:

@@ -11,7 +11,7 @@ from services.cli.discovery import ping_all
 from shared import breakers
 from shared.headers import now_ms
 from shared.runtime import connect_once
-from shared.subjects import Names
+from shared.subjects import OP_CAPACITY, ROUTER, Names
 
 
 class _EndpointStats(msgspec.Struct):
@@ -43,6 +43,31 @@ async def _breakers_table(nc: Client, names: Names) -> Table | None:
     return table
 
 
+class _Usage(msgspec.Struct):
+    deployment: str
+    requests: int
+    tokens: int
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+async def _capacity_table(nc: Client, names: Names) -> Table | None:
+    """Requests and tokens per deployment in the last minute, as a router counts them (None: no router)."""
+    try:
+        msg = await nc.request(names.mesh(ROUTER, OP_CAPACITY), b"", timeout=1.0)
+        rows = msgspec.json.decode(msg.data, type=list[_Usage])
+    except Exception:
+        return None
+    if not rows:
+        return None
+    table = Table(title="Deployment capacity (last minute; at 90 % of a quota the router prefers others)")
+    for col in ("deployment", "requests", "rpm", "tokens", "tpm"):
+        table.add_column(col)
+    for u in rows:
+        table.add_row(u.deployment, str(u.requests), str(u.rpm or "-"), str(u.tokens), str(u.tpm or "-"))
+    return table
+
+
 async def run(url: str, namespace: str = "") -> int:
     nc = await connect_once(url, "lockgate-status")
     try:
@@ -67,6 +92,9 @@ async def run(url: str, namespace: str = "") -> int:
         breaker_table = await _breakers_table(nc, Names(namespace))
         if breaker_table is not None:
             Console().print(breaker_table)
+        capacity_table = await _capacity_table(nc, Names(namespace))
+        if capacity_table is not None:
+            Console().print(capacity_table)
         if not pings:
             print("no Lockgate service answered $SRV.PING")
             return 1

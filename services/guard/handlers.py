@@ -27,6 +27,7 @@ from nats.micro.request import Request
 from services.guard import inputs, reask, replies, safety
 from services.guard.approvals import Gate
 from services.guard.moderation import Moderator
+from services.guard.rates import RateLimiter
 from shared import approvals, bus, headers, pii, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
@@ -56,6 +57,7 @@ from shared.schemas.mesh import (
     ValidateRequest,
     ValidateResult,
 )
+from shared.schemas.ratelimit import RateLimitInfo
 from shared.security import Policy
 from shared.subjects import (
     BUDGETER,
@@ -103,6 +105,7 @@ class Trace:
     approvals: list[ApprovalFacts] = field(default_factory=list)
     asked_deadline_ms: int | None = None  # the client's own deadline, before the clamp (None: it sent none)
     timer: asyncio.Timeout | None = None  # bounds the whole request; moved when an approval may be waited for
+    rate_limit: RateLimitInfo | None = None  # the most constraining rate-limit scope, once counted
 
     def total_ms(self) -> float:
         return round((time.perf_counter() - self.t0) * 1000, 3)
@@ -119,7 +122,9 @@ class Guard:
         gate: Gate,
         *,
         on_error: Callable[[str, LockgateError], None] | None = None,
+        rates: RateLimiter | None = None,
     ) -> None:
+        self.rates = rates  # None: no rate limits (no KV bucket)
         self.on_error = on_error  # counts refusals in $SRV.STATS (Stage.record_error)
         self.gate = gate
         self.nc = nc
@@ -170,6 +175,7 @@ class Guard:
             if err.type == "internal":
                 log.error("request_failed", error=repr(exc), exc_info=exc)
             outcome = "refused" if err.type in REFUSED else "failed"
+            err.rate_limit = err.rate_limit or tr.rate_limit
             if self.on_error is not None:
                 self.on_error(request.subject, err)
             if inbox:
@@ -202,17 +208,29 @@ class Guard:
         if req.lockgate.max_latency_ms is not None:
             tr.ctx = ctx = ctx.with_deadline(min(ctx.deadline_ms, now_ms() + req.lockgate.max_latency_ms))
 
-        route = self._call(
-            ROUTER, RouteRequest(model=req.model, route=req.lockgate.route), RoutePlan, self.stages.router, tr
-        )
-        if inputs.cacheable(req):
-            tr.cache_key = inputs.cache_key(req)
-            lookup = self._call(
-                CACHE, CacheLookup(tenant=principal.tenant, key=tr.cache_key), CacheResult, self.stages.cache, tr
+        # The rate check runs beside the route and cache lookups; a cached answer counts too.
+        rated = asyncio.create_task(self._rate_check(principal, req, total_chars, tr))
+        try:
+            route = self._call(
+                ROUTER, RouteRequest(model=req.model, route=req.lockgate.route), RoutePlan, self.stages.router, tr
             )
-            plan, hit = await asyncio.gather(route, lookup)
-        else:
-            plan, hit = await route, None
+            if inputs.cacheable(req):
+                tr.cache_key = inputs.cache_key(req)
+                lookup = self._call(
+                    CACHE, CacheLookup(tenant=principal.tenant, key=tr.cache_key), CacheResult, self.stages.cache, tr
+                )
+                plan, hit = await asyncio.gather(route, lookup)
+            else:
+                plan, hit = await route, None
+        except Exception:
+            refused = await _failure_of(rated)  # a rate-limit refusal wins: the client must back off
+            if refused is not None:
+                raise refused from None
+            raise
+        except BaseException:
+            rated.cancel()
+            raise
+        await rated
         if plan is None:
             raise StageUnavailable("no route plan", stage=ROUTER)
         tr.plan = plan
@@ -382,6 +400,26 @@ class Guard:
             resp = replies.completion(rid, c.model, c.content, c.tool_calls, c.finish_reason, c.usage, info)
             await replies.send_completion(self.nc, inbox, resp, tr.ctx.request_id)
 
+    async def _rate_check(self, principal: Principal, req: ChatRequest, total_chars: int, tr: Trace) -> None:
+        if self.rates is None:
+            return
+        t = time.perf_counter()
+        policy = self.stages.rates
+        try:
+            async with asyncio.timeout(policy.timeout_ms / 1000.0):
+                tr.rate_limit = await self.rates.admit(principal, req, total_chars)
+        except LockgateError as exc:
+            tr.rate_limit = exc.rate_limit
+            if not isinstance(exc, StageUnavailable) or policy.on_failure == "closed":
+                raise
+            log.warning("rate_check_failed_open", error=exc.message)
+        except Exception as exc:  # KV unreachable or slow
+            if policy.on_failure == "closed":
+                raise StageUnavailable("the rate-limit state could not be read", stage=GUARD) from exc
+            log.warning("rate_check_failed_open", error=repr(exc))
+        finally:
+            tr.stages["rates"] = _ms(t)
+
     # -- stage calls under policy -------------------------------------------------------
     async def _call(self, stage: str, payload: Any, reply_type: type[T], policy: StagePolicy, tr: Trace) -> T | None:
         t = time.perf_counter()
@@ -407,7 +445,7 @@ class Guard:
             return LockgateInfo(
                 request_id=tr.ctx.request_id, route=tr.plan.route if tr.plan else "",
                 deployment=tr.cached.deployment, cached="exact", latency_ms=stages, redactions=tr.redactions,
-                security=tr.security,
+                security=tr.security, rate_limit=tr.rate_limit,
             )  # fmt: skip
         return LockgateInfo(
             request_id=tr.ctx.request_id,
@@ -422,6 +460,7 @@ class Guard:
             degraded=r.degraded if r else "",
             redactions=tr.redactions,
             security=tr.security,
+            rate_limit=tr.rate_limit,
         )
 
     async def _report(self, tr: Trace, outcome: Outcome, err: LockgateError | None) -> None:
@@ -472,6 +511,14 @@ class Guard:
             await self.js.publish(subject, bus.encode(ev), headers={headers.MSG_ID: tr.event_id})
         except Exception as exc:  # the client has its answer; losing the event is logged loudly
             log.error("completion_event_lost", error=str(exc))
+
+
+async def _failure_of(task: asyncio.Task[None]) -> Exception | None:
+    try:
+        await task
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _ms(t0: float) -> float:

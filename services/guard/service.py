@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.guard.approvals import Gate
 from services.guard.handlers import Guard
 from services.guard.jobs import JobDesk
+from services.guard.rates import BUCKET_TTL_S, RateLimiter
 from shared import approvals, jetstream, jobstore
 from shared.keys import KeyStore
 from shared.runtime import Env, Running
@@ -14,10 +15,18 @@ from shared.subjects import GUARD
 async def start(env: Env) -> Running:
     bucket = await jetstream.ensure_bucket(env.js, env.names.keys_bucket)
     await jetstream.ensure_events(env.js, env.names)
+    rates = RateLimiter(await jetstream.ensure_bucket(env.js, env.names.rates_bucket, ttl_s=BUCKET_TTL_S), env.config)
     stage = env.stage(GUARD, "admits chat requests and drives the stages")
     gate = Gate(env.config.approvals, approvals.ApprovalStore(await approvals.ensure(env.js, env.names)))
     guard = Guard(
-        env.nc, env.js, env.config, env.names, KeyStore(env.config, bucket), gate, on_error=stage.record_error
+        env.nc,
+        env.js,
+        env.config,
+        env.names,
+        KeyStore(env.config, bucket),
+        gate,
+        on_error=stage.record_error,
+        rates=rates,
     )
     await stage.start()
     await stage.add_raw(stage.service, name="chat", subject=env.names.chat, handler=guard.chat)

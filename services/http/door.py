@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from services.http.bridge import Bridge
-from services.http.errors import TooLarge
+from services.http.errors import TooLarge, rate_limit_headers
 from services.http.metrics import DoorMetrics
 from shared.client import ChatStream
 from shared.config import LockgateConfig
@@ -108,6 +108,7 @@ class Door:
                 h["x-lockgate-cached"] = info.cached
             h["x-lockgate-cost-usd"] = f"{info.cost_usd:.8f}"
             h["x-lockgate-attempts"] = str(len(info.attempts))
+            h.update(rate_limit_headers(info.rate_limit))
         return h
 
     async def disconnected(self, endpoint: str, request_id: str) -> None:

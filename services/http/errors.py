@@ -15,6 +15,7 @@ from aiohttp import web
 
 from shared import bus
 from shared.errors import BudgetExceeded, InvalidRequest, LockgateError
+from shared.schemas.ratelimit import RateLimitInfo
 
 _OPENAI_TYPE = {
     400: "invalid_request_error",
@@ -47,6 +48,31 @@ def status_of(err: LockgateError) -> int:
     return 429 if isinstance(err, BudgetExceeded) else err.status
 
 
+def duration(ms: int) -> str:
+    """OpenAI's reset form: ``20ms``, ``1.5s``, ``1m0s``."""
+    if ms < 1_000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{minutes}m{seconds}" if minutes else seconds
+
+
+def rate_limit_headers(info: RateLimitInfo | None) -> dict[str, str]:
+    """``x-ratelimit-*`` (OpenAI's names) of the most constraining scope; none for an unlimited metric."""
+    h: dict[str, str] = {}
+    if info is None:
+        return h
+    if info.limit_requests:
+        h["x-ratelimit-limit-requests"] = str(info.limit_requests)
+        h["x-ratelimit-remaining-requests"] = str(info.remaining_requests)
+        h["x-ratelimit-reset-requests"] = duration(info.reset_requests_ms)
+    if info.limit_tokens:
+        h["x-ratelimit-limit-tokens"] = str(info.limit_tokens)
+        h["x-ratelimit-remaining-tokens"] = str(info.remaining_tokens)
+        h["x-ratelimit-reset-tokens"] = duration(info.reset_tokens_ms)
+    return h
+
+
 def error_headers(err: LockgateError, request_id: str) -> dict[str, str]:
     h = {
         "x-request-id": request_id,
@@ -59,8 +85,10 @@ def error_headers(err: LockgateError, request_id: str) -> dict[str, str]:
         seconds = max(1, math.ceil(ms / 1000))
         h["Retry-After"] = str(seconds)
         h["retry-after-ms"] = str(ms)
-        h["x-ratelimit-reset-requests"] = f"{seconds}s"
-        h["x-ratelimit-remaining-requests"] = "0"
+        if err.rate_limit is None:  # a refusal without figures (a budget): say "none left until then"
+            h["x-ratelimit-reset-requests"] = f"{seconds}s"
+            h["x-ratelimit-remaining-requests"] = "0"
+    h.update(rate_limit_headers(err.rate_limit))
     return h
 
 

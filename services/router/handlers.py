@@ -21,9 +21,11 @@ class RouteTable:
         config: LockgateConfig,
         env: Mapping[str, str] | None = None,
         is_open: Callable[[str], bool] | None = None,
+        has_headroom: Callable[[str], bool] | None = None,
     ) -> None:
         self.default_route = config.gateway.default_route
         self.is_open = is_open or (lambda _: False)  # a deployment whose circuit breaker is open
+        self.has_headroom = has_headroom or (lambda _: True)  # under 90 % of its rpm/tpm (capacity.py)
         enabled = {name for name in config.providers if cfgmod.provider_enabled(config, name, env)}
         self.by_model: dict[str, list[Deployment]] = {
             model: [
@@ -80,8 +82,13 @@ class RouteTable:
             )
         # Skip deployments whose breaker is open. When that leaves none, the executor gets them all:
         # its breakers answer at once (with when to retry), or the route's degradation steps run.
-        closed = [d for d in candidates if not self.is_open(d.name)]
-        return RoutePlan(route=route, candidates=closed or candidates, degrade=self.degrade.get(route))
+        closed = [d for d in candidates if not self.is_open(d.name)] or candidates
+        # Deployments near their quota go behind those with headroom, in their order: never out of the plan.
+        room = [self.has_headroom(d.name) for d in closed]
+        ordered = [d for d, ok in zip(closed, room, strict=True) if ok] + [
+            d for d, ok in zip(closed, room, strict=True) if not ok
+        ]
+        return RoutePlan(route=route, candidates=ordered, degrade=self.degrade.get(route))
 
     def models_for(self, principal: Principal) -> ModelList:
         names = [m for m, deps in self.by_model.items() if deps and principal.may_use(m)]

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from shared.schemas.ratelimit import RateLimitInfo
+
 
 class ContentPart(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     type: str
@@ -130,6 +132,7 @@ class LockgateInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     redactions: int = 0
     degraded: str = ""
     security: list[str] = []  # what the input and output checks found ("injection:override", "pii_input:email"…)
+    rate_limit: RateLimitInfo | None = None  # the most constraining rate-limit scope's figures (None: no limits)
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True, frozen=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.schemas.ratelimit import RateLimitInfo
+
 
 class ErrorBody(msgspec.Struct, kw_only=True, frozen=True):
     """Every field is always on the wire (``retryable: false``, ``retry_after_ms: null``):
@@ -15,6 +17,7 @@ class ErrorBody(msgspec.Struct, kw_only=True, frozen=True):
     retry_after_ms: int | None = None
     request_id: str = ""
     stage: str = ""
+    rate_limit: RateLimitInfo | None = None  # the request's rate-limit figures, once the guard counted it
 
 
 class ErrorEnvelope(msgspec.Struct, kw_only=True, frozen=True):

@@ -465,6 +465,9 @@ PUBLISH_RULES = [
     ("client", "audit.v1.t1.completion", "admin", False),
     ("client", "_INBOX.someone.else", "guard", False),
     ("client", "$KV.LOCKGATE_BUDGETS.t1", "budgeter", False),
+    ("guard", "$KV.LOCKGATE_RATES.t.t1", "admin", True),  # rate-limit state: the guard's alone
+    ("router", "$KV.LOCKGATE_RATES.t.t1", "admin", False),
+    ("client", "$KV.LOCKGATE_RATES.t.t1", "admin", False),
     ("guard", "mesh.v1.executor.run", "executor", True),
     ("guard", "mesh.v1.budgeter.reserve", "budgeter", True),
     ("client", "mesh.v1.budgeter.reserve", "budgeter", False),

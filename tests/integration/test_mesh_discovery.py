@@ -66,7 +66,9 @@ async def test_info_lists_endpoints_in_the_mesh_namespace(mesh: Mesh) -> None:
     assert guard["endpoints"][0]["queue_group"] == "guard"
     everything = ours(mesh, await gather_replies(mesh, "$SRV.INFO"))
     subjects = {name: {e["subject"] for e in info["endpoints"]} for name, info in everything.items()}
-    assert subjects["router"] == {f"{ns}.mesh.v1.router.route", f"{ns}.llm.v1.models"}
+    assert subjects["router"] == {
+        f"{ns}.mesh.v1.router.route", f"{ns}.llm.v1.models", f"{ns}.mesh.v1.router.capacity"
+    }  # fmt: skip
     assert subjects["budgeter"] == {f"{ns}.mesh.v1.budgeter.reserve"}
     assert subjects["cache"] == {f"{ns}.mesh.v1.cache.lookup", f"{ns}.mesh.v1.cache.similar"}
     assert subjects["executor"] == {f"{ns}.mesh.v1.executor.execute"}

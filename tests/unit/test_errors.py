@@ -64,6 +64,7 @@ def test_envelope_always_carries_every_field() -> None:
             "retry_after_ms": None,
             "request_id": "",
             "stage": "",
+            "rate_limit": None,
         }
     }
 
