@@ -112,7 +112,7 @@ async def messages(door: Door, request: web.Request) -> web.StreamResponse:
         key = door.api_key(request)
         if stream:
             return await _stream(door, request, chat, key, rid, t0)
-        resp = _reply.decode(await door.bridge.chat(bus.encode(chat), key, rid, door.idempotency_key(request)))
+        resp = _reply.decode(await door.bridge.chat(bus.encode(chat), key, rid, door.forward(request)))
         choice = resp.choices[0] if resp.choices else None
         out = {
             "id": _msg_id(rid),
@@ -145,7 +145,7 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 async def _stream(
     door: Door, request: web.Request, chat: ChatRequest, key: str | None, rid: str, t0: float
 ) -> web.StreamResponse:
-    chat_stream, it, first, resp = await door.open_stream(bus.encode(chat), key, rid, door.idempotency_key(request))
+    chat_stream, it, first, resp = await door.open_stream(bus.encode(chat), key, rid, door.forward(request))
     model = first.model if first is not None else (chat.model or "")
     try:
         await resp.prepare(request)

@@ -8,6 +8,7 @@ reads the few fields it needs itself (``stream``, ``stream_options``).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -37,18 +38,30 @@ INFO = msgspec.json.Decoder(InfoPeek)
 MODELS = msgspec.json.Decoder(ModelList)
 
 
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """What the door passes on from a chat request's HTTP headers."""
+
+    idempotency_key: str | None = None  # Idempotency-Key: a retry gets the first result
+    timeout_ms: int | None = None  # x-lockgate-timeout-ms: the request's deadline (None: http request_timeout)
+
+
 class Bridge:
     def __init__(self, nc: Client, names: Names, timeout_ms: int) -> None:
         self.nc = nc
         self.names = names
         self.timeout_s = timeout_ms / 1000.0
 
-    def _headers(self, key: str | None, request_id: str, idempotency_key: str | None = None) -> dict[str, str]:
-        h = {headers.REQUEST_ID: request_id, headers.DEADLINE: str(now_ms() + int(self.timeout_s * 1000))}
+    def _timeout_s(self, fwd: Forward | None) -> float:
+        return fwd.timeout_ms / 1000.0 if fwd is not None and fwd.timeout_ms else self.timeout_s
+
+    def _headers(self, key: str | None, request_id: str, fwd: Forward | None = None) -> dict[str, str]:
+        deadline = now_ms() + int(self._timeout_s(fwd) * 1000)
+        h = {headers.REQUEST_ID: request_id, headers.DEADLINE: str(deadline)}
         if key:
             h[headers.AUTHORIZATION] = f"Bearer {key}"
-        if idempotency_key:
-            h[headers.IDEMPOTENCY_KEY] = idempotency_key
+        if fwd is not None and fwd.idempotency_key:
+            h[headers.IDEMPOTENCY_KEY] = fwd.idempotency_key
         return h
 
     async def _request(
@@ -58,11 +71,11 @@ class Bridge:
         key: str | None,
         request_id: str,
         stage: str,
-        idempotency_key: str | None = None,
+        fwd: Forward | None = None,
     ) -> Msg:
         try:
             msg = await self.nc.request(
-                subject, body, timeout=self.timeout_s + 1.0, headers=self._headers(key, request_id, idempotency_key)
+                subject, body, timeout=self._timeout_s(fwd) + 1.0, headers=self._headers(key, request_id, fwd)
             )
         except nats.errors.NoRespondersError:
             raise errors.StageUnavailable(f"no {stage} is running", stage=stage) from None
@@ -73,9 +86,9 @@ class Bridge:
             raise errors.from_reply(msg.data, h.get(headers.SERVICE_ERROR_CODE), h.get(headers.SERVICE_ERROR), stage)
         return msg
 
-    async def chat(self, body: bytes, key: str | None, request_id: str, idempotency_key: str | None = None) -> bytes:
+    async def chat(self, body: bytes, key: str | None, request_id: str, fwd: Forward | None = None) -> bytes:
         """The guard's reply bytes (an OpenAI ``chat.completion`` plus the ``lockgate`` block)."""
-        return (await self._request(self.names.chat, body, key, request_id, GUARD, idempotency_key)).data
+        return (await self._request(self.names.chat, body, key, request_id, GUARD, fwd)).data
 
     async def models(self, key: str | None, request_id: str) -> ModelList:
         return MODELS.decode((await self._request(self.names.models, b"", key, request_id, ROUTER)).data)
@@ -89,9 +102,7 @@ class Bridge:
     async def cancel(self, request_id: str) -> None:
         await self.nc.publish(self.names.mesh(EXECUTOR, OP_CANCEL), request_id.encode())
 
-    async def stream(
-        self, body: bytes, key: str | None, request_id: str, idempotency_key: str | None = None
-    ) -> ChatStream:
+    async def stream(self, body: bytes, key: str | None, request_id: str, fwd: Forward | None = None) -> ChatStream:
         """Publish with an inbox of ours as reply; chunks, then one done or one error, arrive there."""
         inbox = self.nc.new_inbox()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -100,7 +111,5 @@ class Bridge:
             queue.put_nowait(msg)
 
         sub = await self.nc.subscribe(inbox, cb=on_msg)
-        await self.nc.publish(
-            self.names.chat, body, reply=inbox, headers=self._headers(key, request_id, idempotency_key)
-        )
-        return ChatStream(queue, self.timeout_s + 1.0, sub)
+        await self.nc.publish(self.names.chat, body, reply=inbox, headers=self._headers(key, request_id, fwd))
+        return ChatStream(queue, self._timeout_s(fwd) + 1.0, sub)

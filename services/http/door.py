@@ -10,11 +10,12 @@ from typing import cast
 import structlog
 from aiohttp import web
 
-from services.http.bridge import Bridge
+from services.http.bridge import Bridge, Forward
 from services.http.errors import TooLarge, rate_limit_headers
 from services.http.metrics import DoorMetrics
 from shared.client import ChatStream
 from shared.config import LockgateConfig
+from shared.errors import InvalidRequest
 from shared.headers import new_id
 from shared.schemas.chat import ChatChunk, LockgateInfo
 from shared.subjects import HTTP
@@ -22,6 +23,7 @@ from shared.subjects import HTTP
 log = structlog.get_logger("lockgate.http")
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.:-]")
+TIMEOUT_HEADER = "x-lockgate-timeout-ms"
 _SAFE_KEY = re.compile(r"[^\x21-\x7e]")  # printable ASCII without spaces
 
 
@@ -32,6 +34,8 @@ class Door:
         # A chat body over the guard's own limit is refused here, as 413, instead of as the guard's 400.
         self.max_chat_body = min(config.limits.max_request_bytes, self.max_body)
         self.metrics = DoorMetrics()
+        # The longest deadline worth asking for: the guard's clamp, plus an approval's wait.
+        self.max_timeout_ms = config.gateway.max_timeout_ms + int(config.approvals.timeout_s * 1000)
 
     @staticmethod
     def request_id(request: web.Request) -> str:
@@ -39,12 +43,24 @@ class Door:
         rid = _SAFE_ID.sub("", request.headers.get("x-request-id", ""))[:128]
         return rid or new_id()
 
-    @staticmethod
-    def idempotency_key(request: web.Request) -> str | None:
-        """The caller's ``Idempotency-Key`` (made header-safe, at most 255 chars): the executor answers a
-        repeat with the first result (see services/executor/idempotency.py)."""
-        value = _SAFE_KEY.sub("", request.headers.get("Idempotency-Key", ""))[:255]
-        return value or None
+    def forward(self, request: web.Request) -> Forward:
+        """What a chat request's headers ask of the mesh.
+
+        ``Idempotency-Key`` (made header-safe, at most 255 chars): the executor answers a repeat with the
+        first result. ``x-lockgate-timeout-ms``: the request's deadline (default ``gateway.request_timeout_ms``;
+        the guard clamps it to ``gateway.max_timeout_ms``, longer only for a request that may wait for an approval).
+        """
+        idem = _SAFE_KEY.sub("", request.headers.get("Idempotency-Key", ""))[:255] or None
+        raw = request.headers.get(TIMEOUT_HEADER, "").strip()
+        timeout_ms = None
+        if raw:
+            if not raw.isdigit() or not 0 < int(raw) <= self.max_timeout_ms:
+                raise InvalidRequest(
+                    f"{TIMEOUT_HEADER}: expected whole milliseconds in 1..{self.max_timeout_ms}, got {raw[:32]!r}",
+                    stage=HTTP,
+                )
+            timeout_ms = int(raw)
+        return Forward(idempotency_key=idem, timeout_ms=timeout_ms)
 
     @staticmethod
     def api_key(request: web.Request) -> str | None:
@@ -69,14 +85,14 @@ class Door:
         return data
 
     async def open_stream(
-        self, body: bytes, key: str | None, rid: str, idempotency_key: str | None = None
+        self, body: bytes, key: str | None, rid: str, fwd: Forward | None = None
     ) -> tuple[ChatStream, AsyncGenerator[ChatChunk, None], ChatChunk | None, web.StreamResponse]:
         """Start a streamed chat and wait for its first chunk before any header is sent.
 
         Waiting first lets an error that comes before any chunk (a bad key, a refusal) still be an
         ordinary HTTP error status; both APIs' SSE writers then continue from ``first``.
         """
-        chat_stream = await self.bridge.stream(body, key, rid, idempotency_key)
+        chat_stream = await self.bridge.stream(body, key, rid, fwd)
         it = cast(AsyncGenerator[ChatChunk, None], aiter(chat_stream))
         first: ChatChunk | None = None
         try:

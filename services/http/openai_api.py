@@ -50,7 +50,7 @@ async def chat_completions(door: Door, request: web.Request) -> web.StreamRespon
         if stream:
             usage = peek.stream_options is not None and peek.stream_options.include_usage
             return await _stream(door, request, body, key, rid, usage, t0)
-        data = await door.bridge.chat(body, key, rid, door.idempotency_key(request))
+        data = await door.bridge.chat(body, key, rid, door.forward(request))
         try:
             info = INFO.decode(data).lockgate
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -69,7 +69,7 @@ async def chat_completions(door: Door, request: web.Request) -> web.StreamRespon
 async def _stream(
     door: Door, request: web.Request, body: bytes, key: str | None, rid: str, include_usage: bool, t0: float
 ) -> web.StreamResponse:
-    chat_stream, it, first, resp = await door.open_stream(body, key, rid, door.idempotency_key(request))
+    chat_stream, it, first, resp = await door.open_stream(body, key, rid, door.forward(request))
     try:
         await resp.prepare(request)
         if first is not None:

@@ -241,3 +241,21 @@ async def test_idempotency_key_header_reaches_the_executor(mesh_factory: MeshFac
     assert [a["outcome"] for a in again_data["lockgate"]["attempts"]] == ["idempotent_replay"]
     assert [a["outcome"] for a in other_data["lockgate"]["attempts"]] == ["ok"]  # no key: a call of its own
     await client.close()
+
+
+async def test_timeout_header_sets_the_deadline_and_a_bad_one_is_400(mesh_factory: MeshFactory) -> None:
+    mesh, url = await door(mesh_factory)
+    hdr = {"Authorization": f"Bearer {mesh.dev_key}", "x-lockgate-timeout-ms": "700"}
+    hang = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "wait [sim:hang]"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/v1/chat/completions", json=hang, headers=hdr) as resp:
+            assert resp.status == 504  # the request's own 0.7 s deadline, not the door's 60 s default
+            assert (await resp.json())["error"]["code"] == "deadline_exceeded"
+        for bad in ("soon", "0", "-5", str(10**12)):
+            async with http.post(
+                f"{url}/v1/chat/completions", json=hang, headers={**hdr, "x-lockgate-timeout-ms": bad}
+            ) as resp:
+                assert resp.status == 400, bad
+                body = await resp.json()
+                assert body["error"]["code"] == "invalid_request"
+                assert "x-lockgate-timeout-ms" in body["error"]["message"]
