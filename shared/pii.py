@@ -16,10 +16,12 @@ import ipaddress
 import re
 from collections import Counter
 
+import ahocorasick_rs
+
 # Each pattern starts with a literal or a character class (its look-behind comes after the first
-# character) so the regex engine skips impossible positions in C; each runs only when its gate (a
-# digit, an "@", a key prefix, two colons) is in the text. Overlaps: the earlier start wins, then
-# the earlier pattern in this list.
+# character) so the regex engine skips impossible positions in C; each runs only near its trigger
+# (a run of digits, "UUdd" for an IBAN, an "@", a secret's prefix, two colons), found by one cheap
+# pass (see _candidates). Overlaps: the earlier start wins, then the earlier pattern in this list.
 _SECRET = (
     r"(?<![A-Za-z0-9_-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,200}"
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
@@ -95,22 +97,24 @@ def _kind(kind: str, text: str) -> str | None:
 
 
 _IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # every IPv6 match has two colons this close
+_IPV6_REACH = 48  # an IPv6 match (at most 44 characters) lies within this many characters of a gate hit
+_EMAIL_BEFORE, _EMAIL_AFTER = 64, 450  # an email lies in [its "@" - 64, its "@" + 449) (look-ahead included)
+
+# Every secret match starts where one of these (lowercased) starts: one automaton pass finds the
+# candidates, and the secret regex is tried only there.
+_SECRET_KEYS = ahocorasick_rs.AhoCorasick(_SECRET_PREFIXES)
 
 
-def _gates(text: str, start: int, end: int) -> set[str]:
-    gates: set[str] = set()
-    seg = text[start:end]
-    if _DIGIT.search(seg):
-        gates.add("digit")
-    if "@" in seg:
-        gates.add("@")
-    if _IPV6_GATE.search(seg):
-        gates.add("colon")
-    low = seg.lower()
-    if any(p in low for p in _SECRET_PREFIXES):
-        gates.add("secret")
-    return gates
+def _mark(c: str) -> bytes:
+    return b"d" if "0" <= c <= "9" else b"U" if "A" <= c <= "Z" else b"s" if c in " .()+-" else b"x"
 
+
+# For text whose digits are all ASCII: one byte per character saying what it is (digit, capital,
+# separator, other), so that C-speed bytes searches find where a pattern can start (a digit run,
+# "UUdd" for an IBAN's country and check digits) without a regex trying every position.
+_MARKS = b"".join(_mark(chr(i)) for i in range(256))
+_MARK_RUN = re.compile(rb"d[ds]{6,}")  # _DIGIT_RUN on the marks
+_WIDE_DIGIT = re.compile(r"[^\x00-\x7f\D]")  # a non-ASCII digit (Arabic-Indic, full-width…), which \\d matches too
 
 # Every match of a "digit" pattern except IBAN lies in a run like this (7+ characters of digits and
 # phone/card separators), so those patterns only run in such runs — prose with a few numbers costs one scan.
@@ -118,27 +122,103 @@ _DIGIT = re.compile(r"\d")
 _DIGIT_RUN = re.compile(r"\d[\d .()+-]{6,}")
 
 
+def _windows(centres: list[tuple[int, int]], before: int, after: int, start: int, endpos: int) -> list[tuple[int, int]]:
+    """The spans ``[a - before, b + after)`` around each ``(a, b)``, clipped to the segment and merged."""
+    out: list[tuple[int, int]] = []
+    for a, b in centres:
+        lo, hi = max(start, a - before), min(endpos, b + after)
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _from_starts(rx: re.Pattern[str], text: str, starts: list[int], endpos: int) -> list[re.Match[str]]:
+    """What ``rx.finditer`` over the segment gives, when every match starts at one of ``starts`` (sorted)."""
+    found: list[re.Match[str]] = []
+    last = -1
+    for p in starts:
+        if p < last:
+            continue
+        m = rx.match(text, p, endpos)
+        if m is not None:
+            found.append(m)
+            last = m.end() if m.end() > p else p + 1
+    return found
+
+
+def _candidates(text: str, start: int, endpos: int) -> list[tuple[int, list[re.Match[str]]]]:
+    """Each pattern's raw matches in ``text[start:endpos]``, by its rank in _PATTERNS, searched only where
+    one can be: around an "@", at a secret prefix, in a run of digits, near two colons."""
+    seg = text[start:endpos]
+    out: list[tuple[int, list[re.Match[str]]]] = []
+    ascii_seg = seg.isascii()  # a flag in CPython: no scan
+    digit_runs: list[tuple[int, int]] | None = None  # None: no digit at all
+    iban_at: list[int] | None = None  # where an IBAN can start; None: anywhere (non-ASCII text)
+    if ascii_seg or not _WIDE_DIGIT.search(seg):  # every digit ASCII: the marks tell digits exactly
+        marks = seg.encode("ascii", "replace").translate(_MARKS)  # one byte a character ("?" for non-ASCII)
+        if b"d" in marks:
+            digit_runs = [(m.start() + start, m.end() + start) for m in _MARK_RUN.finditer(marks)]
+            iban_at = []
+            i = marks.find(b"UUdd")
+            while i >= 0:
+                iban_at.append(start + i)
+                i = marks.find(b"UUdd", i + 4)  # "UUdd" cannot overlap itself
+    elif _DIGIT.search(seg):
+        digit_runs = [(m.start(), m.end()) for m in _DIGIT_RUN.finditer(text, start, endpos)]
+    secret_at: list[int] | None = None
+    low = seg.lower()
+    hits = _SECRET_KEYS.find_matches_as_indexes(low, overlapping=True)
+    if hits and len(low) == len(seg):  # lower() kept every index (it does for ASCII): try the hits only
+        secret_at = sorted({start + h[1] for h in hits})
+    at_signs: list[tuple[int, int]] = []
+    i = seg.find("@")
+    while i >= 0:
+        at_signs.append((start + i, start + i))
+        i = seg.find("@", i + 1)
+    colons = [(m.start(), m.end()) for m in _IPV6_GATE.finditer(text, start, endpos)] if ":" in seg else []
+    for rank, (kind, rx, gate) in enumerate(_PATTERNS):
+        spans: list[tuple[int, int]]
+        if gate == "secret":
+            if not hits:
+                continue
+            if secret_at is not None:
+                out.append((rank, _from_starts(rx, text, secret_at, endpos)))
+                continue
+            spans = [(start, endpos)]
+        elif gate == "@":
+            spans = _windows(at_signs, _EMAIL_BEFORE, _EMAIL_AFTER, start, endpos)
+        elif gate == "colon":
+            spans = _windows(colons, _IPV6_REACH, _IPV6_REACH, start, endpos)
+        elif digit_runs is None:
+            continue
+        elif kind == "iban":
+            if iban_at is not None:
+                out.append((rank, _from_starts(rx, text, iban_at, endpos)))
+                continue
+            spans = [(start, endpos)]
+        else:
+            # a run from just before its first digit (a "+" or "(") to its end (+1: the look-ahead's character)
+            spans = [(max(start, a - 1), min(endpos, b + 1)) for a, b in digit_runs]
+        ms: list[re.Match[str]] = []
+        for lo, hi in spans:
+            ms.extend(rx.finditer(text, lo, hi))
+        out.append((rank, ms))
+    return out
+
+
 def _matches(text: str, start: int, endpos: int, before: int) -> list[tuple[int, int, str]]:
     """Validated, non-overlapping matches in ``text[start:endpos]`` that start before ``before``."""
-    gates = _gates(text, start, endpos)
-    if not gates:
-        return []
-    runs: list[tuple[int, int]] = []
-    if "digit" in gates:
-        # a run from just before its first digit (a "+" or "(") to its end (+1: the look-ahead's character)
-        runs = [(max(start, m.start() - 1), min(endpos, m.end() + 1)) for m in _DIGIT_RUN.finditer(text, start, endpos)]
-    whole = [(start, endpos)]
     found: list[tuple[int, int, int, str]] = []
-    for rank, (kind, rx, gate) in enumerate(_PATTERNS):
-        if gate not in gates:
-            continue
-        for lo, hi in runs if gate == "digit" and kind != "iban" else whole:
-            for m in rx.finditer(text, lo, hi):
-                if m.start() >= before:
-                    break
-                k = _kind(kind, m.group())
-                if k is not None:
-                    found.append((m.start(), rank, m.end(), k))
+    for rank, ms in _candidates(text, start, endpos):
+        kind = _PATTERNS[rank][0]
+        for m in ms:
+            if m.start() >= before:
+                break
+            k = _kind(kind, m.group())
+            if k is not None:
+                found.append((m.start(), rank, m.end(), k))
     found.sort()
     chosen: list[tuple[int, int, str]] = []
     last = start

@@ -36,6 +36,44 @@ def test_counts_say_what_was_removed() -> None:
     assert counts == {"email": 2, "ssn": 1}
 
 
+def _reference(text: str) -> list[tuple[int, int, str]]:
+    """Every pattern over the whole text, no pre-filter: what ``pii._matches`` must find."""
+    found = []
+    for rank, (kind, rx, _) in enumerate(pii._PATTERNS):
+        for m in rx.finditer(text):
+            k = pii._kind(kind, m.group())
+            if k is not None:
+                found.append((m.start(), rank, m.end(), k))
+    chosen, last = [], 0
+    for s, _, e, k in sorted(found):
+        if s >= last:
+            chosen.append((s, e, k))
+            last = e
+    return chosen
+
+
+ATOMS = [t for t, _ in SAMPLES] + [
+    "a@b.co", "x", " ", "\n", "é", "\u0663", "\uff13", "\u0130", "sk-", "Bearer ", "bEaReR\t", "AKIA", "Asia", "GB82", "WEST", "1234",
+    "::", ":", "12:30", "+1", "(555)", "-", ".", "@", "eyJ", "ghp_", "github_pat_", "xoxb-", "lg-", "_", "AB12",
+    "abcdefghijklmnopqrstuvwxyz0123456789", "2001:db8::1", "DE89370400440532013000", "4111111111111111", "\u017fk-", "\uff15\uff15\uff15-\uff11\uff12\uff13-\uff14\uff15\uff16\uff17",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(ATOMS), max_size=40))
+def test_the_pre_filters_lose_no_match(atoms: list[str]) -> None:
+    text = "".join(atoms)
+    assert pii._matches(text, 0, len(text), len(text)) == _reference(text)
+
+
+def test_the_pre_filters_lose_no_match_far_from_their_trigger() -> None:
+    # matches at the edge of the windows around "@", two colons and a secret prefix
+    for text in ["x" * 63 + "@" + "d" * 63 + ".io", "a" * 64 + "@example.com", "1:2:3:4:5:6:7:8 " * 3,
+                 "Bearer " + "t" * 400, "eyJ" + "a" * 400 + "." + "b" * 400 + "." + "c" * 400,
+                 "u@" + ".".join(["d" * 63] * 7)]:  # fmt: skip
+        assert pii._matches(text, 0, len(text), len(text)) == _reference(text), text[:40]
+
+
 STREAM = "\t".join(t for t, _ in SAMPLES) + " trailing words 4111 1111 1111 1111"
 
 
