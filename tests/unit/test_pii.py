@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -89,22 +90,59 @@ def test_a_match_split_across_chunks_is_redacted() -> None:
     assert n == 2
 
 
-def test_only_the_unfinished_word_is_held_back() -> None:
+def test_pieces_wait_for_a_scan_then_only_the_unfinished_word_is_held_back() -> None:
     r = pii.StreamRedactor()
-    assert r.feed("hello there gene") == "hello there "
-    assert r.feed("ral kenobi") == "general "
-    assert r.flush() == "kenobi"
+    assert r.feed("hello there") == ""  # fewer than FIRST_SCAN characters: no scan yet
+    assert r.feed(" gene") == "hello there "  # 16 characters: scanned, up to the last safe cut
+    assert r.feed("ral kenobi") == ""  # the next scan waits for twice as many new characters
+    assert r.flush() == "general kenobi"
+
+
+def test_a_stream_is_scanned_in_batches_that_grow_to_batch() -> None:
+    words = ("lorem ipsum dolor sit amet " * 200)[: 4 * pii.BATCH]
+    r = pii.StreamRedactor()
+    sent = 0
+    waits = []
+    for i in range(0, len(words), 4):
+        out = r.feed(words[i : i + 4])
+        sent += len(out)
+        waits.append(i + 4 - sent)  # characters fed but not yet sent
+    assert sent > 0
+    assert max(waits) <= pii.BATCH + len("lorem ")  # a batch, plus the word it ends in
+    assert sent + len(r.flush()) == len(words)
+
+
+# Text with no safe cut for longer than MAX_SPAN: a long JWT, a long email, a column of numbers.
+LONG = (
+    "jwt eyJ" + "a" * 390 + "." + "b" * 390 + "." + "c" * 390 + " then "
+    + "mail " + "x" * 60 + "@" + ".".join(["d" * 60] * 6) + " and "
+    + "\n".join(f"{i} {i * 7} 4111 1111 1111 1111" for i in range(60)) + " end"
+)  # fmt: skip
+
+
+def test_max_span_bounds_every_pattern() -> None:
+    for _, rx, _ in pii._PATTERNS:
+        assert re._parser.parse(rx.pattern).getwidth()[1] <= pii.MAX_SPAN  # type: ignore[attr-defined]
+
+
+def test_a_match_longer_than_the_old_hold_back_is_redacted_whole_in_a_stream() -> None:
+    whole = pii.redact(LONG)[0]
+    assert "[REDACTED:secret] then" in whole
+    assert "mail [REDACTED:email] and" in whole
+    for size in (1, 4, 16, 256, 5000):
+        assert _stream([LONG[i : i + size] for i in range(0, len(LONG), size)])[0] == whole, size
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=400))
-def test_any_split_of_a_stream_gives_the_whole_text_redaction(sizes: list[int]) -> None:
+@given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=60))
+def test_any_split_of_a_long_stream_gives_the_whole_text_redaction(sizes: list[int]) -> None:
+    text = STREAM + " " + LONG + " " + STREAM
     pieces, i = [], 0
     for n in sizes:
-        pieces.append(STREAM[i : i + n])
+        pieces.append(text[i : i + n])
         i += n
-    pieces.append(STREAM[i:])
-    assert _stream(pieces)[0] == pii.redact(STREAM)[0]
+    pieces.append(text[i:])
+    assert _stream(pieces)[0] == pii.redact(text)[0]
 
 
 @pytest.mark.parametrize(
