@@ -163,7 +163,6 @@ def _rank(kind: str) -> int:
 
 _R_SECRET, _R_EMAIL, _R_IBAN, _R_IPV6 = _rank("secret"), _rank("email"), _rank("iban"), _rank("ipv6")
 _IN_RUNS = tuple(i for i, (k, _, gate) in enumerate(_PATTERNS) if gate == "digit" and k != "iban")
-_SHORT = 4096  # below this length a few ``in`` checks rule out secrets faster than the automaton's call
 
 
 def _candidates(text: str, start: int, endpos: int) -> list[tuple[int, list[re.Match[str]]]]:
@@ -178,8 +177,7 @@ def _candidates(text: str, start: int, endpos: int) -> list[tuple[int, list[re.M
     # Every secret has a "-" or "_" (sk-, lg-, xox?-, gh?_), or is AKIA/ASIA, a JWT ("eyJ") or a bearer token
     # (single characters first: those tests are memchr calls).
     if (
-        len(seg) > _SHORT
-        or "-" in seg
+        "-" in seg
         or "_" in seg
         or ("K" in seg and "AKIA" in seg)
         or ("J" in seg and "eyJ" in seg)
