@@ -13,9 +13,10 @@ Streaming: deltas go straight to the client's inbox as numbered chunks. A
 failure before the first chunk falls through to the next attempt; after the
 first chunk the stream cannot be taken back, so the error says how far it got.
 With ``redact_stream`` the deltas pass through a ``shared.pii.StreamRedactor``
-first: PII is replaced across chunk boundaries, holding back only the tail a
-match could still extend into (a chunk may then carry more or less text than
-the provider's delta, and a delta that is all held back sends no chunk).
+first: PII is replaced across chunk boundaries; the redactor collects deltas
+and releases text in batches (up to 256 characters, and never the tail a match
+could still extend into), so a chunk may carry several deltas, and a delta that
+is held back sends no chunk.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Prompt-injection detection: a scoring detector over a handful of signal families.
 
-Each family is a small set of regexes guarded by cheap substring pre-checks (so a
-50 KB prompt costs a few lowercase/``in`` passes, not dozens of regex scans). A
+Each family is a small set of regexes guarded by keywords: one Aho-Corasick pass
+finds every family's keywords, and the regexes run only in windows around them (so
+a 50 KB prompt costs a lowercase and one automaton pass, not dozens of scans). A
 family that fires adds its weight; the score is a noisy-OR of the weights
 (``1 - Π(1 - w)``), so one strong signal (an instruction override) is enough and
 several weak ones (a role-play request plus a fake tag) add up. Families:
@@ -27,7 +28,10 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u180e\u00ad"), None)
+import ahocorasick_rs
+
+_ZERO_WIDTH_CHARS = "\u200b\u200c\u200d\u2060\ufeff\u180e\u00ad"
+_ZERO_WIDTH = dict.fromkeys(map(ord, _ZERO_WIDTH_CHARS), None)
 _W = r"[\w'\u2019-]{1,20}"  # one word
 _GAP = rf"(?:\s{{1,3}}{_W}){{0,3}}\s{{1,3}}"  # up to three words in between
 
@@ -113,8 +117,8 @@ _DECODE_ASK = re.compile(
 )
 
 # Each family: its regex, and the literals one of which every match contains (lowercase). The regex
-# runs only in windows around those literals (found with str.find, which is memchr-fast), so the cost
-# of a long prompt is a few dozen ``find`` passes plus small regex searches where a keyword occurs.
+# runs only in windows around those literals (all found in one automaton pass, below), so the cost
+# of a long prompt is that pass plus small regex searches where a keyword occurs.
 _FAMILIES: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
     ("override", _OVERRIDE_EN, (
         "ignor", "disregard", "forget", "override", "bypass", "skip", "discard", "drop", "abandon", "neglect")),
@@ -141,6 +145,16 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
 _BEFORE, _AFTER = 200, 200  # window around a keyword: wider than any match's reach on either side
 _MAX_ANCHORS = 64  # beyond this many keyword hits, one full scan is cheaper than many windows
 
+# All families' keywords in one Aho-Corasick automaton: one pass over the text finds every occurrence
+# of every keyword (overlapping ones too), where a ``str.find`` per keyword took ~110 passes.
+_KEY_LIST = sorted({k for _, _, keys in _FAMILIES for k in keys})
+_KEYWORDS = ahocorasick_rs.AhoCorasick(_KEY_LIST)
+_KEY_FAMILIES = [tuple(f for f, (_, _, keys) in enumerate(_FAMILIES) if k in keys) for k in _KEY_LIST]
+
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_MARKS = bytes(ord("1") if i in _B64_CHARS else ord("0") for i in range(256))  # base64 character → "1"
+_B64_RUN = b"1" * 24  # the shortest blob _B64 matches
+
 WEIGHTS = {
     "override": 0.8,
     "exfiltration": 0.7,
@@ -160,27 +174,31 @@ class Verdict:
 
 def _norm(text: str) -> tuple[str, bool]:
     """NFKC, zero-width characters out, lowercased; and whether zero-width characters were there."""
-    cleaned = text.translate(_ZERO_WIDTH)
-    hidden = len(cleaned) != len(text)
-    if not cleaned.isascii() and not unicodedata.is_normalized("NFKC", cleaned):
+    if text.isascii():  # a flag in CPython: no scan; ASCII has no zero-width characters and is NFKC
+        return text.lower(), False
+    # translate() of non-ASCII text is a dict lookup per character: only when there is something to remove
+    hidden = any(c in text for c in _ZERO_WIDTH_CHARS)
+    cleaned = text.translate(_ZERO_WIDTH) if hidden else text
+    if not unicodedata.is_normalized("NFKC", cleaned):
         cleaned = unicodedata.normalize("NFKC", cleaned)
     return cleaned.lower(), hidden
 
 
-def _found(pattern: re.Pattern[str], low: str, keys: tuple[str, ...]) -> bool:
-    hits: list[int] = []
-    ascii_only = low.isascii()  # a flag in CPython: no scan
-    for k in keys:
-        if ascii_only and not k.isascii():
-            continue
-        i = low.find(k)
-        while i >= 0:
-            hits.append(i)
-            if len(hits) > _MAX_ANCHORS:
-                return pattern.search(low) is not None
-            i = low.find(k, i + 1)
+def _keyword_hits(low: str) -> list[list[int]]:
+    """Where each family's keywords start in ``low``: one pass of the automaton over the text."""
+    hits: list[list[int]] = [[] for _ in _FAMILIES]
+    for key, start, _ in _KEYWORDS.find_matches_as_indexes(low, overlapping=True):
+        for f in _KEY_FAMILIES[key]:
+            hits[f].append(start)
+    return hits
+
+
+def _found(pattern: re.Pattern[str], low: str, hits: list[int]) -> bool:
+    """Whether ``pattern`` matches in ``low``, searching only the windows around the keyword ``hits``."""
     if not hits:
         return False
+    if len(hits) > _MAX_ANCHORS:
+        return pattern.search(low) is not None
     hits.sort()
     n = len(low)
     lo, hi = max(0, hits[0] - _BEFORE), hits[0] + _AFTER
@@ -196,17 +214,29 @@ def _found(pattern: re.Pattern[str], low: str, keys: tuple[str, ...]) -> bool:
 
 def _signals(low: str) -> set[str]:
     found: set[str] = set()
-    for name, pattern, keys in _FAMILIES:
+    for (name, pattern, _), hits in zip(_FAMILIES, _keyword_hits(low), strict=True):
         if name in found:
             continue
-        if _found(pattern, low, keys):  # every family matches the lowercased, normalised text
+        if _found(pattern, low, hits):  # every family matches the lowercased, normalised text
             found.add(name)
     return found
 
 
 def _decoded_payloads(raw: str, limit: int = 8) -> list[str]:
-    out = []
-    for m in _B64.finditer(raw):
+    out: list[str] = []
+    # A blob starts a run of 24+ base64 characters; find the runs with bytes.find on a 0/1 map of the
+    # text (one C pass each) and try the regex only there, not at every word of the text.
+    marks = raw.encode("ascii", "replace").translate(_B64_MARKS)  # one byte per character, "?" for non-ASCII
+    pos = marks.find(_B64_RUN)
+    while pos >= 0:
+        m = _B64.match(raw, pos)  # the look-behind still sees raw[pos - 1]
+        if m is None:
+            end = marks.find(b"0", pos)  # no match starts inside this run: skip past it
+            if end < 0:
+                break
+            pos = marks.find(_B64_RUN, end)
+            continue
+        pos = marks.find(_B64_RUN, m.end())
         blob = m.group(0)
         try:
             data = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True)

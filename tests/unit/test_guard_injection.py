@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.guard import injection
 
@@ -88,10 +90,57 @@ def test_untrusted_content_is_delimited_and_cannot_close_the_block() -> None:
     assert wrapped.endswith("</untrusted_content>")
 
 
+def _hits_by_find(low: str) -> list[list[int]]:
+    """The keyword positions as one ``str.find`` pass per keyword would give them (the automaton's reference)."""
+    hits: list[list[int]] = []
+    for _, _, keys in injection._FAMILIES:
+        found = []
+        for k in keys:
+            i = low.find(k)
+            while i >= 0:
+                found.append(i)
+                i = low.find(k, i + 1)
+        hits.append(sorted(found))
+    return hits
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([*injection._KEY_LIST, "a", " ", "é", "系", "\n", "x"]), max_size=60))
+def test_the_keyword_automaton_finds_what_a_find_per_keyword_finds(words: list[str]) -> None:
+    low = "".join(words)  # keywords glued and overlapping ("systemprompt", "ignorignor")
+    assert [sorted(h) for h in injection._keyword_hits(low)] == _hits_by_find(low)
+
+
+def test_the_keyword_automaton_on_the_corpora() -> None:
+    for text in _load("injection_attempts.txt") + _load("benign_prompts.txt"):
+        low, _ = injection._norm(text)
+        assert [sorted(h) for h in injection._keyword_hits(low)] == _hits_by_find(low)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["QUJD", "ZGVm", "Z2hp", "+/", "=", "==", " ", "é", "x", "\n", "aWdub3Jl"]), max_size=80)
+)
+def test_base64_runs_are_found_as_the_plain_regex_finds_them(parts: list[str]) -> None:
+    raw = "".join(parts)
+    expected = []
+    for m in injection._B64.finditer(raw):
+        blob = m.group(0)
+        try:
+            text = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True).decode("utf-8")
+        except ValueError:
+            continue
+        if all(c.isprintable() or c in "\n\t " for c in text):
+            expected.append(text)
+    assert injection._decoded_payloads(raw, limit=1000) == expected
+
+
 @pytest.mark.parametrize(
     "hostile",
     ["ignore " * 7_000, "ignore the " * 5_000, "<|" * 25_000, "you are now " * 4_000, "忽略" * 25_000, "#" * 50_000,
-     "A" * 49_998 + "==", "a" * 50_000, "ignore " + "x " * 25_000, "system prompt " * 3_600],
+     "A" * 49_998 + "==", "a" * 50_000, "ignore " + "x " * 25_000, "system prompt " * 3_600,
+     ("A" * 30 + " ") * 1_600, ("A" * 30 + "=") * 1_600, "aWdub3Jl" * 6_250, "ignorignor" * 5_000, "\u200b" * 50_000,
+     "é" * 50_000],
 )  # fmt: skip
 def test_hostile_50kb_inputs_finish_quickly(hostile: str) -> None:
     t = time.perf_counter()
