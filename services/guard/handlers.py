@@ -106,6 +106,7 @@ class Trace:
     asked_deadline_ms: int | None = None  # the client's own deadline, before the clamp (None: it sent none)
     timer: asyncio.Timeout | None = None  # bounds the whole request; moved when an approval may be waited for
     rate_limit: RateLimitInfo | None = None  # the most constraining rate-limit scope, once counted
+    delivered: str | None = None  # the answer's text as the client got it (the cache and the event keep this)
 
     def total_ms(self) -> float:
         return round((time.perf_counter() - self.t0) * 1000, 3)
@@ -303,6 +304,9 @@ class Guard:
             tr.security += out.findings
             tr.redactions += out.redactions
             await self._hold_answer(req, result.tool_calls, result.model, tr)
+        elif content is not None and policy.pii_output == "redact":  # the chunks went out redacted (executor)
+            content = pii.redact(content)[0]
+        tr.delivered = content
 
         info = self._info(tr)
         rid = f"chatcmpl-{ctx.request_id}"
@@ -468,8 +472,8 @@ class Guard:
         req, r, p, res = tr.req, tr.result, tr.principal, tr.reservation
         completion = None
         if outcome == "completed" and tr.cache_key and r is not None and not r.degraded:
-            completion = CachedCompletion(
-                content=r.content, tool_calls=r.tool_calls, finish_reason=r.finish_reason, model=r.model,
+            completion = CachedCompletion(  # what the client got: validated/repaired, PII redacted
+                content=tr.delivered, tool_calls=r.tool_calls, finish_reason=r.finish_reason, model=r.model,
                 usage=r.usage, deployment=r.deployment,
             )  # fmt: skip
         stages = dict(tr.stages)
