@@ -35,8 +35,10 @@ from services.executor.breaker import Breakers
 from services.executor.idempotency import IdempotencyStore, SingleFlight, replay
 from services.executor.providers import Clients, Final
 from shared import bus, headers, pii, similarity
+from shared.blocklist import StreamBlocklist, compiled
 from shared.config import ResilienceConfig
 from shared.errors import (
+    BlockedOutput,
     ContextTooLong,
     DeadlineExceeded,
     InvalidRequest,
@@ -155,6 +157,9 @@ class Executor:
                 self.breakers.failure(dep.name, broken.cause.message)
                 raise broken.cause from None
             except asyncio.CancelledError:
+                self.breakers.release(dep.name)
+                raise
+            except BlockedOutput:  # the answer, not the deployment: no retry, no other candidate
                 self.breakers.release(dep.name)
                 raise
             except Exception as exc:
@@ -283,6 +288,7 @@ class Executor:
     ) -> tuple[str | None, list[ToolCall] | None, Final, int, dict[str, int]]:
         inbox = req.stream_inbox
         redactor = pii.StreamRedactor() if inbox is not None and req.redact_stream else None
+        blocker = StreamBlocklist(compiled(tuple(req.blocklist)), EXECUTOR) if inbox and req.blocklist else None
         parts: list[str] = []
         final = Final(finish_reason=None, usage=Usage())
         sent = 0
@@ -296,14 +302,19 @@ class Executor:
                     parts.append(item)
                     if inbox is not None:
                         text = redactor.feed(item) if redactor is not None else item
+                        text = blocker.feed(text) if blocker is not None else text
                         if text:
                             await self._publish_chunk(inbox, req.response_id, dep.model, created, sent, text, ctx)
                             sent += 1
-                if redactor is not None and inbox is not None:
-                    tail = redactor.flush()
+                if inbox is not None:
+                    tail = redactor.flush() if redactor is not None else ""
+                    if blocker is not None:
+                        tail = blocker.feed(tail) + blocker.flush()
                     if tail:
                         await self._publish_chunk(inbox, req.response_id, dep.model, created, sent, tail, ctx)
                         sent += 1
+        except BlockedOutput:
+            raise  # the answer, not the deployment: no retry, no other candidate
         except Exception as exc:
             if sent:
                 err = providers.classify(exc, dep)
@@ -329,6 +340,9 @@ class Executor:
 
 
 def _redacted(req: ExecuteRequest, text: str) -> tuple[str, dict[str, int]]:
+    """A whole text sent to a stream at once (replays, degraded answers): the blocklist, then PII."""
+    if req.blocklist and compiled(tuple(req.blocklist)).hits(text):
+        raise BlockedOutput("the answer contains blocked content (output blocklist)", stage=EXECUTOR)
     if not req.redact_stream:
         return text, {}
     out, counts = pii.redact(text)

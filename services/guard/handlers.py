@@ -282,6 +282,7 @@ class Guard:
                 idempotency_key=h.get(headers.IDEMPOTENCY_KEY) or None,
                 coalesce_key=tr.cache_key or None,
                 redact_stream=req.stream and policy.pii_output == "redact",
+                blocklist=policy.blocklist if req.stream else [],
             ),
             ExecuteResult,
             ctx,

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import msgspec
 
 from services.guard import injection
-from services.guard.moderation import Blocklist, Moderator
+from services.guard.moderation import Moderator
 from shared import pii
+from shared.blocklist import compiled
 from shared.errors import BlockedInput, BlockedOutput, InvalidRequest, LockgateError
 from shared.schemas.chat import ChatRequest, Message
 from shared.security import Policy
@@ -104,11 +104,6 @@ def _wrap(m: Message) -> Message:
     return msgspec.structs.replace(m, content=parts)
 
 
-@lru_cache(maxsize=64)
-def _blocklist(phrases: tuple[str, ...]) -> Blocklist:
-    return Blocklist(list(phrases))
-
-
 @dataclass
 class OutputVerdict:
     content: str | None
@@ -120,7 +115,7 @@ async def screen_output(content: str | None, policy: Policy, moderators: list[Mo
     """Blocklist and moderation hooks (raise ``blocked_output``), then PII redaction."""
     if not content:
         return OutputVerdict(content=content)
-    if policy.blocklist and _blocklist(tuple(policy.blocklist)).hits(content):
+    if policy.blocklist and compiled(tuple(policy.blocklist)).hits(content):
         raise BlockedOutput("the answer contains blocked content (output blocklist)", stage=GUARD)
     for mod in moderators:
         tripped = await mod.check(content)

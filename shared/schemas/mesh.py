@@ -103,6 +103,7 @@ class ExecuteRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tr
     idempotency_key: str | None = None  # the client's Idempotency-Key header
     coalesce_key: str | None = None  # identical cacheable requests share one provider call
     redact_stream: bool = False  # redact PII in streamed chunks before they reach the client (shared.pii)
+    blocklist: list[str] = []  # streams: end with blocked_output before any of these goes out (shared.blocklist)
 
 
 class ExecuteResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
