@@ -99,9 +99,10 @@ class ChatRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True)
 
 
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # all input tokens, cached ones included
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache (cheaper)
 
 
 class Attempt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
