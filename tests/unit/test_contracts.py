@@ -84,8 +84,16 @@ SAMPLES: list[Any] = [
     ExecuteResult(content="Hi", usage=USAGE, model="m", deployment="d", provider="p", attempts=INFO.attempts, chunks=2),
     RoutePlan(route="default", candidates=[DEPLOYMENT]),
     Reservation(reservation_id="x", amount_usd=0.5, hold=HOLD, remaining_usd=1.5),
-    BudgetAlert(tenant="acme", scope="user", entity="acme/alice", window="m202601", kind="threshold", limit_usd=1.0,
-                spent_usd=0.8, threshold=0.8),  # fmt: skip
+    BudgetAlert(
+        tenant="acme",
+        scope="user",
+        entity="acme/alice",
+        window="m202601",
+        kind="threshold",
+        limit_usd=1.0,
+        spent_usd=0.8,
+        threshold=0.8,
+    ),
     BudgetLimits(daily_budget_usd=1.0, budget_mode="soft"),
     CacheResult(hit="exact", completion=EVENT.completion),
     AuditRecord(request_id="r1", tenant="acme", ts_ms=1, kind="refused", error_type="invalid_request"),
