@@ -19,7 +19,7 @@ import openai
 
 from services.executor import retry, wire
 from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
-from shared.schemas.chat import ChatRequest, ToolCall, Usage
+from shared.schemas.chat import ChatRequest, ToolCall, Usage, cached_details
 from shared.schemas.mesh import Deployment
 from shared.subjects import EXECUTOR
 
@@ -150,7 +150,7 @@ async def call_openai(
         cached = (u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0
         usage = Usage(
             prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
-            cached_prompt_tokens=cached,
+            prompt_tokens_details=cached_details(cached),
         )  # fmt: skip
         yield Final(finish_reason=choice.finish_reason, usage=usage, tool_calls=choice.message.tool_calls or None)
         return
@@ -166,7 +166,7 @@ async def call_openai(
                 prompt_tokens=chunk.usage.prompt_tokens,
                 completion_tokens=chunk.usage.completion_tokens,
                 total_tokens=chunk.usage.total_tokens,
-                cached_prompt_tokens=(details.cached_tokens or 0) if details else 0,
+                prompt_tokens_details=cached_details((details.cached_tokens or 0) if details else 0),
             )
         for ch in chunk.choices:
             if ch.delta.content:
@@ -213,7 +213,7 @@ async def call_anthropic(
                 prompt_tokens=prompt,
                 completion_tokens=u.output_tokens,
                 total_tokens=prompt + u.output_tokens,
-                cached_prompt_tokens=cached,
+                prompt_tokens_details=cached_details(cached),
             ),
         )
         return
@@ -236,7 +236,7 @@ async def call_anthropic(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
-            cached_prompt_tokens=cached,
+            prompt_tokens_details=cached_details(cached),
         ),
     )
 
