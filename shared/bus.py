@@ -270,19 +270,23 @@ async def call(
     *,
     stage: str,
     timeout_s: float,
+    late_s: float = 0.0,
 ) -> Resp:
     """Typed request/reply to a stage within the deadline.
 
     Raises ``StageUnavailable`` for no responders or a stage that does not
     answer within ``timeout_s``, ``DeadlineExceeded`` when the overall deadline
-    is what ran out, or the typed error the stage replied with.
+    is what ran out, or the typed error the stage replied with. ``late_s``: when
+    the deadline bounds the wait, keep listening this much longer for a reply
+    already on its way (a caller that needs its facts, e.g. the cost to settle).
     """
     remaining = ctx.remaining_s()
     if remaining <= 0:
         raise errors.DeadlineExceeded(f"deadline passed before calling {stage}", stage=stage)
     wait = min(timeout_s, remaining)
+    extra = late_s if wait >= remaining else 0.0
     try:
-        msg = await nc.request(subject, encode(payload), timeout=wait, headers=ctx.to_headers())
+        msg = await nc.request(subject, encode(payload), timeout=wait + extra, headers=ctx.to_headers())
     except nats.errors.NoRespondersError:
         raise errors.StageUnavailable(f"no {stage} is running", stage=stage) from None
     except (nats.errors.TimeoutError, TimeoutError):

@@ -414,6 +414,7 @@ def deployment(cfg: LockgateConfig, model_name: str, dep_name: str) -> Deploymen
         max_attempts=dep.max_attempts or cfg.resilience.attempts_per_deployment,
         price_in_per_mtok=model.price_in_per_mtok,
         price_out_per_mtok=model.price_out_per_mtok,
+        price_cached_in_per_mtok=model.price_cached_in_per_mtok,
         context_window=model.context_window,
         max_output_tokens=model.max_output_tokens,
     )

@@ -10,6 +10,7 @@ from nats.js.kv import KeyValue
 from shared.subjects import Names
 
 DAY_S = 86_400.0
+BUDGETS_TTL_S = 40 * DAY_S  # an entity idle this long has no current window left to keep
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -61,4 +62,5 @@ async def ensure_all(js: JetStreamContext, names: Names) -> None:
     await ensure_events(js, names)
     await ensure_audit(js, names)
     await ensure_bucket(js, names.keys_bucket)
-    await ensure_bucket(js, names.budgets_bucket, ttl_s=40 * DAY_S)
+    await ensure_bucket(js, names.budgets_bucket, ttl_s=BUDGETS_TTL_S)
+    await ensure_bucket(js, names.budget_limits_bucket)

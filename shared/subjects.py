@@ -137,6 +137,11 @@ class Names:
         return self._upper("LOCKGATE_RATES")
 
     @property
+    def budget_limits_bucket(self) -> str:
+        """Runtime budget limits by entity key (`lockgate budget set`), watched by the budgeters."""
+        return self._upper("LOCKGATE_BUDGET_LIMITS")
+
+    @property
     def breakers_bucket(self) -> str:
         return self._upper("LOCKGATE_BREAKERS")
 

@@ -1,4 +1,4 @@
-"""Auditor wiring: completion events in, one AUDIT record per request out.
+"""Auditor wiring: completion events in, one AUDIT record per request out; budget alerts too.
 
 A durable consumer shared by the replicas (shared.consumers); the record is published with
 ``Nats-Msg-Id`` = the event's stream sequence so a redelivered event never writes twice.
@@ -16,8 +16,9 @@ from shared.bus import encode
 from shared.consumers import consume
 from shared.headers import MSG_ID
 from shared.runtime import Env, Running
+from shared.schemas.budget import BudgetAlert
 from shared.schemas.events import CompletionEvent
-from shared.subjects import AUDITOR, EV_COMPLETION
+from shared.subjects import AUDITOR, EV_ALERT, EV_COMPLETION
 
 log = structlog.get_logger("lockgate.auditor")
 
@@ -44,4 +45,19 @@ async def start(env: Env) -> Running:
         handle=write,
         from_start=True,
     )
-    return Running(AUDITOR, stage, cleanups=[stop])
+
+    async def write_alert(alert: BudgetAlert, seq: int) -> None:
+        # A budget alert (the budgeter's events.v1.alert.<tenant>) is a decision worth keeping too.
+        msg_id = f"{env.names.events_stream}-{seq}"
+        await env.js.publish(env.names.audit(alert.tenant, "alert"), encode(alert), headers={MSG_ID: msg_id})
+
+    stop_alerts = await consume(
+        env.js,
+        stream=env.names.events_stream,
+        subject=env.names.events_of(EV_ALERT),
+        durable=env.names.consumer(AUDITOR, "alerts"),
+        event_type=BudgetAlert,
+        handle=write_alert,
+        from_start=True,
+    )
+    return Running(AUDITOR, stage, cleanups=[stop, stop_alerts])

@@ -31,6 +31,9 @@ approvals_app = typer.Typer(
     help="Requests and answers waiting for a person (human in the loop): list, approve, deny.", no_args_is_help=True
 )
 app.add_typer(approvals_app, name="approvals")
+budget_app = typer.Typer(help="Budgets of a tenant, a user or a key: show them, change them at runtime.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(budget_app, name="budget")
 
 NatsUrl = Annotated[str, typer.Option("--nats", envvar="LOCKGATE_NATS_URL", help="NATS server URL.")]
 ConfigOpt = Annotated[
@@ -264,6 +267,45 @@ def approvals_deny(
     _run(approvals_mod.decide(nats_url, namespace, approval_id, "denied", by, reason))
 
 
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="A tenant's own budget.")]
+UserOpt = Annotated[str | None, typer.Option("--user", help="A user's budget: TENANT/USER (the request's user).")]
+KeyOpt = Annotated[str | None, typer.Option("--key", help="An API key's budget: its KEY_ID.")]
+
+
+@budget_app.command("show")
+def budget_show(
+    tenant: TenantOpt = None,
+    user: UserOpt = None,
+    key: KeyOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    config: ConfigOpt = None,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """Limit, spent, reserved, remaining and reset of the daily and monthly windows."""
+    from services.cli import budget as budget_mod  # noqa: PLC0415
+
+    _run(budget_mod.show(nats_url, namespace, config, (tenant, user, key), as_json))
+
+
+@budget_app.command("set")
+def budget_set(
+    tenant: TenantOpt = None,
+    user: UserOpt = None,
+    key: KeyOpt = None,
+    daily: Annotated[float | None, typer.Option("--daily", help="Daily budget in USD (UTC day).")] = None,
+    monthly: Annotated[float | None, typer.Option("--monthly", help="Monthly budget in USD (UTC month).")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="hard (refuse or degrade) or soft (alert).")] = None,
+    config: ConfigOpt = None,
+    nats_url: NatsUrl = "nats://127.0.0.1:4222",
+    namespace: Namespace = "",
+) -> None:
+    """Change a budget at runtime (overrides the config; every budgeter applies it within about a second)."""
+    from services.cli import budget as budget_mod  # noqa: PLC0415
+
+    _run(budget_mod.set_(nats_url, namespace, config, (tenant, user, key), daily, monthly, mode))
+
+
 @app.command()
 def status(nats_url: NatsUrl = "nats://127.0.0.1:4222", namespace: Namespace = "") -> None:
     """List the services answering $SRV.PING with their request and error counts, and circuit breakers."""
@@ -283,7 +325,8 @@ def bench(
         str,
         typer.Option(
             "--scenario",
-            help="mesh (NATS path), http (the HTTP door, streamed and not) or resilience (failing providers).",
+            help="mesh (NATS path), http (the HTTP door, streamed and not), resilience (failing providers) "
+            "or budget (reserve and settle against budgeter replicas).",
         ),
     ] = "mesh",
 ) -> None:
@@ -296,8 +339,12 @@ def bench(
         from services.cli import bench_resilience  # noqa: PLC0415
 
         _run(bench_resilience.run(requests, (concurrency or [32])[0], hang_seconds=8.0))
+    if scenario == "budget":
+        from services.cli import bench_budget  # noqa: PLC0415
+
+        _run(bench_budget.run(requests, concurrency or [64], replicas=[1, 3]))
     if scenario != "mesh":
-        typer.echo(f"unknown scenario {scenario!r}; choose mesh, http or resilience", err=True)
+        typer.echo(f"unknown scenario {scenario!r}; choose mesh, http, resilience or budget", err=True)
         raise typer.Exit(2)
     from services.cli import bench as bench_mod  # noqa: PLC0415
 

@@ -19,7 +19,7 @@ import openai
 
 from services.executor import retry, wire
 from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
-from shared.schemas.chat import ChatRequest, ToolCall, Usage
+from shared.schemas.chat import ChatRequest, ToolCall, Usage, cached_details
 from shared.schemas.mesh import Deployment
 from shared.subjects import EXECUTOR
 
@@ -147,7 +147,11 @@ async def call_openai(
         if choice.message.content:
             yield choice.message.content
         u = resp.usage or wire.OpenAIUsage()
-        usage = Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+        cached = (u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0
+        usage = Usage(
+            prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
+            prompt_tokens_details=cached_details(cached),
+        )  # fmt: skip
         yield Final(finish_reason=choice.finish_reason, usage=usage, tool_calls=choice.message.tool_calls or None)
         return
     chunks = await client.chat.completions.create(
@@ -157,10 +161,12 @@ async def call_openai(
     usage = Usage()
     async for chunk in chunks:
         if chunk.usage is not None:
+            details = chunk.usage.prompt_tokens_details
             usage = Usage(
                 prompt_tokens=chunk.usage.prompt_tokens,
                 completion_tokens=chunk.usage.completion_tokens,
                 total_tokens=chunk.usage.total_tokens,
+                prompt_tokens_details=cached_details((details.cached_tokens or 0) if details else 0),
             )
         for ch in chunk.choices:
             if ch.delta.content:
@@ -198,29 +204,40 @@ async def call_anthropic(
         if text:
             yield text
         u = msg.usage
+        # Anthropic counts cache reads and writes apart from input_tokens; ours are all prompt tokens.
+        cached = u.cache_read_input_tokens or 0
+        prompt = u.input_tokens + cached + (u.cache_creation_input_tokens or 0)
         yield Final(
             finish_reason=_STOP.get(msg.stop_reason or "", msg.stop_reason),
             usage=Usage(
-                prompt_tokens=u.input_tokens,
+                prompt_tokens=prompt,
                 completion_tokens=u.output_tokens,
-                total_tokens=u.input_tokens + u.output_tokens,
+                total_tokens=prompt + u.output_tokens,
+                prompt_tokens_details=cached_details(cached),
             ),
         )
         return
     events = await client.messages.create(**kw, stream=True, timeout=timeout_s)
-    prompt = completion = 0
+    prompt = completion = cached = 0
     finish: str | None = None
     async for ev in events:
         if ev.type == "content_block_delta" and ev.delta.type == "text_delta":
             yield ev.delta.text
         elif ev.type == "message_start":
-            prompt = ev.message.usage.input_tokens
+            mu = ev.message.usage
+            cached = mu.cache_read_input_tokens or 0
+            prompt = mu.input_tokens + cached + (mu.cache_creation_input_tokens or 0)
         elif ev.type == "message_delta":
             completion = ev.usage.output_tokens
             finish = _STOP.get(ev.delta.stop_reason or "", ev.delta.stop_reason)
     yield Final(
         finish_reason=finish,
-        usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
+        usage=Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=cached_details(cached),
+        ),
     )
 
 
@@ -233,4 +250,11 @@ def call(
 
 
 def cost(dep: Deployment, usage: Usage) -> float:
-    return (usage.prompt_tokens * dep.price_in_per_mtok + usage.completion_tokens * dep.price_out_per_mtok) / 1e6
+    """USD from the price table: uncached input, cached input (its own price, else the input price), output."""
+    cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
+    cached_price = dep.price_in_per_mtok if dep.price_cached_in_per_mtok is None else dep.price_cached_in_per_mtok
+    return (
+        (usage.prompt_tokens - cached) * dep.price_in_per_mtok
+        + cached * cached_price
+        + usage.completion_tokens * dep.price_out_per_mtok
+    ) / 1e6

@@ -15,10 +15,15 @@ import msgspec
 from shared.schemas.chat import ToolCall
 
 
+class OpenAIPromptDetails(msgspec.Struct, kw_only=True, frozen=True):
+    cached_tokens: int | None = 0
+
+
 class OpenAIUsage(msgspec.Struct, kw_only=True, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: OpenAIPromptDetails | None = None
 
 
 class OpenAIMessage(msgspec.Struct, kw_only=True, frozen=True):
@@ -42,8 +47,10 @@ class AnthropicBlock(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class AnthropicUsage(msgspec.Struct, kw_only=True, frozen=True):
-    input_tokens: int = 0
+    input_tokens: int = 0  # uncached input only
     output_tokens: int = 0
+    cache_read_input_tokens: int | None = 0
+    cache_creation_input_tokens: int | None = 0
 
 
 class AnthropicMessage(msgspec.Struct, kw_only=True, frozen=True):

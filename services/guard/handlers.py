@@ -31,6 +31,7 @@ from services.guard.rates import RateLimiter
 from shared import approvals, bus, headers, pii, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
+    BudgetExceeded,
     DeadlineExceeded,
     Forbidden,
     InvalidOutput,
@@ -78,6 +79,8 @@ from shared.subjects import (
 T = TypeVar("T")
 log = structlog.get_logger("lockgate.guard")
 
+LATE_RESULT_S = 0.5  # after the deadline, how long the guard still listens for the executor's answer (its cost)
+
 REFUSED = frozenset(
     {"invalid_request", "unauthorized", "forbidden", "budget_exceeded", "rate_limited", "blocked_input",
      "context_too_long", "approval_denied", "approval_expired"}
@@ -96,6 +99,7 @@ class Trace:
     req: ChatRequest | None = None
     plan: RoutePlan | None = None
     reservation: Reservation | None = None
+    executing: asyncio.Future[ExecuteResult] | None = None  # the executor call (its cost settles the budget)
     result: ExecuteResult | None = None
     cache_key: str = ""
     cached: CachedCompletion | None = None
@@ -183,6 +187,8 @@ class Guard:
                 await replies.send_error(self.nc, inbox, err, tr.ctx.request_id)
             else:
                 log.warning("request_without_reply_subject")
+            if tr.result is None and tr.executing is not None:
+                tr.result = await _late(tr.executing)
         await self._report(tr, outcome, err)
 
     async def _serve(self, data: bytes, h: dict[str, str], inbox: str, tr: Trace) -> Outcome:
@@ -259,36 +265,48 @@ class Guard:
             await self._answer_cached(req, hit.completion, inbox, tr, policy)
             return "cached"
 
-        amount = inputs.worst_case_cost(req, total_chars, plan.candidates)
-        tr.reservation = await self._call(
-            BUDGETER,
-            ReserveRequest(tenant=principal.tenant, user=req.user or "", amount_usd=amount),
-            Reservation,
-            self.stages.budgeter,
-            tr,
-        )
+        candidates, degraded = plan.candidates, ""
+        try:
+            tr.reservation = await self._reserve(inputs.worst_case_cost(req, total_chars, candidates), tr)
+        except BudgetExceeded:
+            # Over a hard budget: the route's cheaper model, if the request and the route allow it.
+            cheaper = plan.degrade.cheaper if req.lockgate.degrade and plan.degrade is not None else []
+            if not cheaper:
+                raise
+            tr.reservation = await self._reserve(inputs.worst_case_cost(req, total_chars, cheaper), tr)
+            candidates, degraded = cheaper, "cheaper_model"
+            log.warning("degraded", how="cheaper_model", reason="budget")
 
         t = time.perf_counter()
-        tr.result = result = await bus.call(
-            self.nc,
-            self._subjects[EXECUTOR],
-            ExecuteRequest(
-                request=req,
-                candidates=plan.candidates,
-                response_id=f"chatcmpl-{ctx.request_id}",
-                stream_inbox=inbox if req.stream else None,
-                route=plan.route,
-                degrade=plan.degrade if req.lockgate.degrade else None,
-                idempotency_key=h.get(headers.IDEMPOTENCY_KEY) or None,
-                coalesce_key=tr.cache_key or None,
-                redact_stream=req.stream and policy.pii_output == "redact",
-                blocklist=policy.blocklist if req.stream else [],
-            ),
-            ExecuteResult,
-            ctx,
-            stage=EXECUTOR,
-            timeout_s=ctx.remaining_s(),
+        tr.executing = asyncio.ensure_future(
+            bus.call(
+                self.nc,
+                self._subjects[EXECUTOR],
+                ExecuteRequest(
+                    request=req,
+                    candidates=candidates,
+                    response_id=f"chatcmpl-{ctx.request_id}",
+                    stream_inbox=inbox if req.stream else None,
+                    route=plan.route,
+                    degrade=plan.degrade if req.lockgate.degrade and not degraded else None,
+                    idempotency_key=h.get(headers.IDEMPOTENCY_KEY) or None,
+                    coalesce_key=tr.cache_key or None,
+                    redact_stream=req.stream and policy.pii_output == "redact",
+                    blocklist=policy.blocklist if req.stream else [],
+                ),
+                ExecuteResult,
+                ctx,
+                stage=EXECUTOR,
+                timeout_s=ctx.remaining_s(),
+                late_s=LATE_RESULT_S if tr.reservation is not None and tr.reservation.hold else 0.0,
+            )
         )
+        # Shielded: when the deadline cancels this request, the call still hears an answer already on
+        # its way, and the budget settles to what the provider actually charged (see chat()).
+        result = await asyncio.shield(tr.executing)
+        if degraded:
+            result = msgspec.structs.replace(result, degraded=degraded)
+        tr.result = result
         tr.stages[EXECUTOR] = _ms(t)
         if result.redacted:  # the executor redacted the streamed chunks
             tr.security += [f"pii_output:{k}" for k in sorted(result.redacted)]
@@ -425,6 +443,18 @@ class Guard:
         finally:
             tr.stages["rates"] = _ms(t)
 
+    async def _reserve(self, amount: float, tr: Trace) -> Reservation | None:
+        p, req = tr.principal, tr.req
+        assert p is not None
+        assert req is not None
+        return await self._call(
+            BUDGETER,
+            ReserveRequest(tenant=p.tenant, user=req.user or "", key_id=p.key_id, tier=p.tier, amount_usd=amount),
+            Reservation,
+            self.stages.budgeter,
+            tr,
+        )
+
     # -- stage calls under policy -------------------------------------------------------
     async def _call(self, stage: str, payload: Any, reply_type: type[T], policy: StagePolicy, tr: Trace) -> T | None:
         t = time.perf_counter()
@@ -495,8 +525,7 @@ class Guard:
             usage=r.usage if r else (tr.cached.usage if tr.cached else Usage()),
             cost_usd=r.cost_usd if r else 0.0,
             reservation_id=res.reservation_id if res else "",
-            reserved_usd=res.amount_usd if res else 0.0,
-            budget_window=res.window if res else "",
+            hold=res.hold if res else None,
             latency_ms=tr.total_ms(),
             stage_latency_ms=stages,
             attempts=r.attempts if r else [],
@@ -524,6 +553,18 @@ async def _failure_of(task: asyncio.Task[None]) -> Exception | None:
     except Exception as exc:
         return exc
     return None
+
+
+async def _late(call: asyncio.Future[ExecuteResult]) -> ExecuteResult | None:
+    """The executor's answer if it still comes (``LATE_RESULT_S``): what the provider charged."""
+    if call.cancelled():
+        return None
+    try:
+        return await asyncio.wait_for(asyncio.shield(call), LATE_RESULT_S + 0.1)
+    except Exception:  # failed or timed out: no result, the cost is unknown (settled as 0)
+        if not call.done():
+            call.cancel()
+        return None
 
 
 def _ms(t0: float) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared.schemas.chat import ChatRequest, Message, Usage
+from shared.schemas.chat import ChatRequest, Message, Usage, cached_details
 from shared.schemas.mesh import ExecuteResult
 
 MAX_ECHO = 8_000  # characters of the rejected answer sent back to the model
@@ -40,6 +40,7 @@ def merge(first: ExecuteResult, again: ExecuteResult) -> ExecuteResult:
             prompt_tokens=u.prompt_tokens + v.prompt_tokens,
             completion_tokens=u.completion_tokens + v.completion_tokens,
             total_tokens=u.total_tokens + v.total_tokens,
+            prompt_tokens_details=cached_details(u.cached_prompt_tokens + v.cached_prompt_tokens),
         ),
         cost_usd=first.cost_usd + again.cost_usd,
         attempts=[*first.attempts, *again.attempts],

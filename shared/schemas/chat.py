@@ -101,10 +101,24 @@ class ChatRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True)
         return self.max_completion_tokens or self.max_tokens
 
 
+class PromptTokensDetails(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache (priced lower)
+
+
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # all input tokens, cached ones included
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None  # OpenAI's shape; set when the provider cached
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        return self.prompt_tokens_details.cached_tokens if self.prompt_tokens_details else 0
+
+
+def cached_details(cached: int) -> PromptTokensDetails | None:
+    """The usage detail for ``cached`` prompt tokens (None when there are none: the common case)."""
+    return PromptTokensDetails(cached_tokens=cached) if cached else None
 
 
 class Attempt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.schemas.budget import BudgetHold
 from shared.schemas.chat import Attempt, Usage
 from shared.schemas.mesh import CachedCompletion
 
@@ -60,8 +61,7 @@ class CompletionEvent(RequestFacts, kw_only=True, frozen=True, omit_defaults=Tru
 
     outcome: Outcome
     reservation_id: str = ""
-    reserved_usd: float = 0.0
-    budget_window: str = ""
+    hold: BudgetHold | None = None  # what the budgeter settles: release the hold, book cost_usd
     cache_key: str = ""
     completion: CachedCompletion | None = None  # set when the answer may be cached
     fingerprint: list[int] = []  # shared.similarity.fingerprint, with completion (never the prompt text)

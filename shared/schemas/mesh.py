@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.schemas.budget import BudgetHold
 from shared.schemas.chat import Attempt, ChatRequest, ResponseFormat, ToolCall, Usage
 
 
@@ -22,6 +23,7 @@ class Deployment(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     timeout_ms: int = 30_000
     price_in_per_mtok: float = 0.0
     price_out_per_mtok: float = 0.0
+    price_cached_in_per_mtok: float | None = None  # cached prompt tokens; None: the input price
     context_window: int = 128_000
     max_output_tokens: int = 4_096
     max_attempts: int = 1  # attempts on this deployment before the next candidate (retries = this - 1)
@@ -49,16 +51,24 @@ class RoutePlan(msgspec.Struct, kw_only=True, frozen=True):
 
 # -- budgeter --------------------------------------------------------------------------
 class ReserveRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Hold ``amount_usd`` against the tenant's, the user's and the key's budgets (those that have one).
+
+    The hold's lease is the request's deadline (the ``Lockgate-Deadline`` header) plus
+    ``budgets.lease_grace_ms``.
+    """
+
     tenant: str
-    user: str = ""
+    user: str = ""  # the request's ``user`` ("" : no per-user budget)
+    key_id: str = ""  # the API key's id ("" : no per-key budget)
+    tier: str = ""  # the key's tier: the [tiers.<tier>.user] and [tiers.<tier>.key] limits
     amount_usd: float
 
 
 class Reservation(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     reservation_id: str
     amount_usd: float
-    window: str = ""  # the budget window the amount was reserved in ("" = no budget)
-    remaining_usd: float | None = None
+    hold: BudgetHold | None = None  # None: no budget applies, nothing to settle
+    remaining_usd: float | None = None  # the least room left in any budget after this hold
 
 
 # -- cache -----------------------------------------------------------------------------

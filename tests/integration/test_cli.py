@@ -160,6 +160,53 @@ def test_audit_tail_shows_a_record_per_request(up: Up) -> None:
     assert all("Simulated" not in json.dumps(r) for r in records)  # no output text in the audit
 
 
+def test_budget_set_and_show_change_a_budget_at_runtime(up: Up) -> None:
+    made = up.run("keys", "create", "--tenant", "cli-budget")
+    assert made.returncode == 0, made.stderr
+    values = dict(line.split("=", 1) for line in made.stdout.splitlines() if "=" in line)
+    out = up.run("budget", "set", "--tenant", "cli-budget", "--daily", "10", "--monthly", "200", "--mode", "soft")
+    assert out.returncode == 0, out.stderr
+    shown = up.run("budget", "show", "--tenant", "cli-budget")
+    assert shown.returncode == 0, shown.stderr
+    assert "mode soft, limits from runtime" in shown.stdout
+    day, month = shown.stdout.splitlines()[2:4]
+    assert day.startswith("d")
+    assert "$10.0000" in day
+    assert month.startswith("m")
+    assert "$200.0000" in month
+    as_json = json.loads(up.run("budget", "show", "--tenant", "cli-budget", "--json").stdout)
+    assert [w["limit_usd"] for w in as_json["windows"]] == [10.0, 200.0]
+    assert as_json["windows"][0]["reset_in_s"] <= 86_400
+    # A hard zero budget refuses the tenant's next request (every budgeter applies it within ~1 s).
+    assert up.run("budget", "set", "--tenant", "cli-budget", "--daily", "0", "--mode", "hard").returncode == 0
+    refused = None
+    for _ in range(20):
+        refused = up.run("chat", "Over budget?", "--api-key", values["API_KEY"])
+        if refused.returncode == 1:
+            break
+        time.sleep(0.2)
+    assert refused is not None
+    assert refused.returncode == 1
+    assert "budget_exceeded" in refused.stderr
+    assert "daily window resets in" in refused.stderr
+    key = up.run("budget", "show", "--key", values["KEY_ID"])
+    assert key.returncode == 0, key.stderr
+    assert f"key {values['KEY_ID']}" in key.stdout
+
+
+def test_budget_cli_errors_are_clear(up: Up) -> None:
+    unknown = up.run("budget", "set", "--tenant", "no-such-tenant", "--daily", "1")
+    assert unknown.returncode == 1
+    assert "unknown tenant 'no-such-tenant'" in unknown.stderr
+    negative = up.run("budget", "set", "--tenant", "dev", "--daily", "-5")
+    assert negative.returncode == 1
+    assert "--daily must be a non-negative amount" in negative.stderr
+    assert up.run("budget", "show", "--key", "k-nope").returncode == 1
+    bad_user = up.run("budget", "show", "--user", "alice")
+    assert bad_user.returncode == 1
+    assert "TENANT/USER" in bad_user.stderr
+
+
 def test_cli_without_nats_fails_fast_and_clearly() -> None:
     out = subprocess.run(
         [*LOCKGATE, "status", "--nats", "nats://127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True, timeout=30,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 
 import msgspec
 import nats.js.errors
 import pytest
 
+from services.budgeter.store import EntityState, tenant_key, usd
 from shared import bus
 from shared.client import LockgateClient
 from tests.conftest import Mesh, MeshFactory
@@ -24,13 +26,23 @@ def today() -> str:
     return "d" + dt.datetime.now(dt.UTC).strftime("%Y%m%d")
 
 
-async def budget_state(mesh: Mesh, tenant: str) -> dict[str, float] | None:
+async def budget_state(mesh: Mesh, tenant: str, key: str | None = None) -> dict[str, float] | None:
+    """Today's spent and live reserved USD of an entity (the tenant's by default)."""
     kv = await mesh.nc.jetstream().key_value(mesh.names.budgets_bucket)
     try:
-        entry = await kv.get(f"{tenant}.{today()}")
+        entry = await kv.get(key or tenant_key(tenant))
     except nats.js.errors.KeyNotFoundError:
         return None
-    return msgspec.json.decode(entry.value) if entry.value else None
+    if not entry.value:
+        return None
+    st = msgspec.json.decode(entry.value, type=EntityState)
+    w = st.windows.get(today())
+    now = time.time()
+    return {
+        "spent_usd": usd(w.spent) if w else 0.0,
+        "reserved_usd": usd(sum(h.amount for h in st.holds.values() if h.expires_s > now)),
+        "month_spent_usd": usd(st.windows[month].spent) if (month := "m" + today()[1:7]) in st.windows else 0.0,
+    }
 
 
 async def test_tiny_budget_is_refused_with_retry_after(mesh_factory: MeshFactory) -> None:

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from services.auditor.handlers import record
+from shared.schemas.budget import BudgetHold
 from shared.schemas.chat import Attempt, Usage
 from shared.schemas.events import CompletionEvent
 from shared.schemas.mesh import CachedCompletion
@@ -42,7 +43,7 @@ def test_record_keeps_the_decision_and_drops_the_text() -> None:
         completion=CachedCompletion(content="THE SECRET ANSWER", model="gpt-4o-mini"),
         metadata={"feature": "search"},
         reservation_id="res",
-        reserved_usd=1.0,
+        hold=BudgetHold(id="res", keys=["t.acme"], day="d20260101", expires_s=1, amount_usd=1.0),
     )
     rec = record(ev)
     assert (rec.request_id, rec.tenant, rec.ts_ms, rec.user, rec.key_id) == ("r1", "acme", 123, "u1", "k1")

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from shared.schemas.budget import BudgetAlert, BudgetHold, BudgetLimits
 from shared.schemas.chat import (
     AssistantMessage,
     Attempt,
@@ -60,10 +61,11 @@ RESPONSE = ChatResponse(
     id="chatcmpl-r1", created=1700000000, model="gpt-4o-mini",
     choices=[Choice(message=AssistantMessage(content="Hello"), finish_reason="stop")], usage=USAGE, lockgate=INFO,
 )  # fmt: skip
+HOLD = BudgetHold(id="res1", keys=["t.acme", "u.acme.u1"], day="d20260101", expires_s=1700000040, amount_usd=0.01)
 EVENT = CompletionEvent(
     request_id="r1", tenant="acme", ts_ms=1700000000000, outcome="completed", user="u1", key_id="k1",
     model="gpt-4o-mini", route="default", deployment="sim-gpt", stream=True, usage=USAGE, cost_usd=0.001,
-    reservation_id="res1", reserved_usd=0.01, budget_window="d20260101", latency_ms=14.0,
+    reservation_id="res1", hold=HOLD, latency_ms=14.0,
     stage_latency_ms={"executor": 12.5}, attempts=INFO.attempts, validation="valid", cache_key="k" * 64,
     completion=CachedCompletion(content="Hello", model="gpt-4o-mini", usage=USAGE, deployment="sim-gpt"),
     metadata={"feature": "search"},
@@ -81,7 +83,18 @@ SAMPLES: list[Any] = [
     ExecuteRequest(request=REQUEST, candidates=[DEPLOYMENT], response_id="chatcmpl-r1", stream_inbox="_INBOX.a"),
     ExecuteResult(content="Hi", usage=USAGE, model="m", deployment="d", provider="p", attempts=INFO.attempts, chunks=2),
     RoutePlan(route="default", candidates=[DEPLOYMENT]),
-    Reservation(reservation_id="x", amount_usd=0.5, window="d1", remaining_usd=1.5),
+    Reservation(reservation_id="x", amount_usd=0.5, hold=HOLD, remaining_usd=1.5),
+    BudgetAlert(
+        tenant="acme",
+        scope="user",
+        entity="acme/alice",
+        window="m202601",
+        kind="threshold",
+        limit_usd=1.0,
+        spent_usd=0.8,
+        threshold=0.8,
+    ),
+    BudgetLimits(daily_budget_usd=1.0, budget_mode="soft"),
     CacheResult(hit="exact", completion=EVENT.completion),
     AuditRecord(request_id="r1", tenant="acme", ts_ms=1, kind="refused", error_type="invalid_request"),
 ]

@@ -6,12 +6,13 @@ from typing import Any
 
 import anthropic
 import httpx2
+import msgspec
 import openai
 import pytest
 
 from services.executor import providers
 from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
-from shared.schemas.chat import ChatRequest, JsonSchemaSpec, Message, ResponseFormat, Usage
+from shared.schemas.chat import ChatRequest, JsonSchemaSpec, Message, ResponseFormat, Usage, cached_details
 from shared.schemas.mesh import Deployment
 
 DEP = Deployment(name="dep-1", model="m", provider="p", kind="openai", provider_model="gpt-x", max_output_tokens=1000,
@@ -187,3 +188,11 @@ def test_cost() -> None:
     usage = Usage(prompt_tokens=1_000_000, completion_tokens=500_000, total_tokens=1_500_000)
     assert providers.cost(DEP, usage) == pytest.approx(1.0 + 1.0)
     assert providers.cost(CLAUDE, usage) == 0.0
+
+
+def test_cost_prices_cached_prompt_tokens_apart() -> None:
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=0, total_tokens=1_000_000,
+                  prompt_tokens_details=cached_details(400_000))  # fmt: skip
+    assert providers.cost(DEP, usage) == pytest.approx(1.0)  # no cached price: the input price
+    cheap = msgspec.structs.replace(DEP, price_cached_in_per_mtok=0.25)
+    assert providers.cost(cheap, usage) == pytest.approx(0.6 + 0.1)
