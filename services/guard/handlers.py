@@ -266,14 +266,16 @@ class Guard:
             return "cached"
 
         candidates, degraded = plan.candidates, ""
+        fmt = req.response_format
+        reasks = policy.reask_max if fmt is not None and fmt.wants_json and not req.stream else 0
         try:
-            tr.reservation = await self._reserve(inputs.worst_case_cost(req, total_chars, candidates), tr)
+            tr.reservation = await self._reserve(inputs.worst_case_cost(req, total_chars, candidates, reasks), tr)
         except BudgetExceeded:
             # Over a hard budget: the route's cheaper model, if the request and the route allow it.
             cheaper = plan.degrade.cheaper if req.lockgate.degrade and plan.degrade is not None else []
             if not cheaper:
                 raise
-            tr.reservation = await self._reserve(inputs.worst_case_cost(req, total_chars, cheaper), tr)
+            tr.reservation = await self._reserve(inputs.worst_case_cost(req, total_chars, cheaper, reasks), tr)
             candidates, degraded = cheaper, "cheaper_model"
             log.warning("degraded", how="cheaper_model", reason="budget")
 
@@ -313,7 +315,6 @@ class Guard:
             tr.redactions += sum(result.redacted.values())
 
         content = result.content
-        fmt = req.response_format
         if fmt is not None and fmt.wants_json and content is not None:
             content = await self._validate(req, fmt, content, plan, policy, tr)
             result = tr.result or result

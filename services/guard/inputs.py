@@ -6,6 +6,7 @@ import hashlib
 
 import msgspec
 
+from services.guard import reask
 from shared.config import LimitsConfig
 from shared.errors import InvalidRequest
 from shared.schemas.chat import ChatRequest
@@ -67,17 +68,23 @@ def estimate_prompt_tokens(total_chars: int, messages: int) -> int:
     return total_chars // 3 + 4 * messages + 8
 
 
-def worst_case_cost(req: ChatRequest, total_chars: int, candidates: list[Deployment]) -> float:
-    """USD to reserve: the estimated prompt plus the full output cap, on the dearest candidate."""
+def worst_case_cost(req: ChatRequest, total_chars: int, candidates: list[Deployment], reasks: int = 0) -> float:
+    """USD to reserve: the estimated prompt plus the full output cap, on the dearest candidate.
+
+    With ``reasks`` (JSON output on a route that re-asks on invalid output), each re-ask is another
+    call whose prompt is the original plus the rejected answer and the error (``reask.EXTRA_CHARS``),
+    so the hold covers every call the request may make and a re-ask cannot spend past a budget.
+    """
     prompt_tokens = estimate_prompt_tokens(total_chars, len(req.messages))
-    return max(
-        (
-            prompt_tokens * d.price_in_per_mtok
-            + min(req.output_cap or d.max_output_tokens, d.max_output_tokens) * d.price_out_per_mtok
-        )
-        / 1e6
-        for d in candidates
-    )
+    reask_tokens = estimate_prompt_tokens(total_chars + reask.EXTRA_CHARS, len(req.messages) + 2)
+
+    def cost(d: Deployment) -> float:
+        output = min(req.output_cap or d.max_output_tokens, d.max_output_tokens) * d.price_out_per_mtok
+        first = prompt_tokens * d.price_in_per_mtok + output
+        again = reask_tokens * d.price_in_per_mtok + output
+        return (first + reasks * again) / 1e6
+
+    return max(cost(d) for d in candidates)
 
 
 _key_encoder = msgspec.json.Encoder(order="deterministic")

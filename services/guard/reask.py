@@ -17,11 +17,14 @@ from shared.schemas.chat import ChatRequest, Message, Usage, cached_details
 from shared.schemas.mesh import ExecuteResult
 
 MAX_ECHO = 8_000  # characters of the rejected answer sent back to the model
+MAX_ERROR = 2_000  # characters of the validation error told to the model
+NOTE_CHARS = 200  # the note's own words around the error
+EXTRA_CHARS = MAX_ECHO + MAX_ERROR + NOTE_CHARS  # what one re-ask adds to the prompt, at most
 
 
 def request(req: ChatRequest, rejected: str, error: str) -> ChatRequest:
     note = (
-        f"Your previous reply was rejected: {error}. Reply again with only the corrected JSON value "
+        f"Your previous reply was rejected: {error[:MAX_ERROR]}. Reply again with only the corrected JSON value "
         "(no prose, no code fences) so that it satisfies the required format."
     )
     messages = [

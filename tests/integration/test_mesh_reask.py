@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from services.guard import inputs
+from shared import config as cfgmod
 from shared import errors
+from shared.client import LockgateClient
 from shared.schemas.chat import ChatRequest, LockgateOptions, Message
-from tests.conftest import MeshFactory
+from tests.conftest import BASE_TOML, MeshFactory
 
 FORMAT = {"type": "json_object"}
 REASK = """
@@ -56,3 +60,23 @@ async def test_without_reask_the_first_failure_is_final(mesh_factory: MeshFactor
     mesh = await mesh_factory()
     with pytest.raises(errors.InvalidOutput, match=r"not valid JSON$"):
         await mesh.client.chat(_ask("Any JSON [sim:output=bad-json]"))
+
+
+async def test_the_budget_hold_covers_every_reask_the_request_may_make(mesh_factory: MeshFactory) -> None:
+    """A re-ask is another paid call: a budget that fits one call but not the re-asks refuses up front."""
+    req = msgspec.convert(
+        {"model": "gpt-4o-mini", "max_tokens": 50, "response_format": FORMAT,
+         "messages": [{"role": "user", "content": "Any JSON please"}]},
+        ChatRequest,
+    )  # fmt: skip
+    cfg = cfgmod.parse(BASE_TOML + REASK)
+    chars = inputs.check(req, cfg.limits)
+    deps = [cfgmod.deployment(cfg, "gpt-4o-mini", "sim-gpt")]
+    one, all_calls = inputs.worst_case_cost(req, chars, deps), inputs.worst_case_cost(req, chars, deps, 2)
+    assert all_calls > 3 * one  # each re-ask's prompt also carries the rejected answer and the error
+    mesh = await mesh_factory(extra_toml=REASK + f"[tenants.thrifty]\ndaily_budget_usd = {one * 1.5:.12f}\n")
+    client = LockgateClient(mesh.client.nc, await mesh.add_key("thrifty", ["*"]), names=mesh.names)
+    with pytest.raises(errors.BudgetExceeded):
+        await client.chat(req)  # JSON with up to 2 re-asks: more than the budget could ever pay
+    plain = msgspec.structs.replace(req, response_format=None)
+    assert (await client.chat(plain)).choices[0].message.content  # one call fits

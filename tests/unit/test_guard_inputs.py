@@ -167,3 +167,8 @@ def test_worst_case_cost_takes_the_dearest_candidate_and_the_output_cap() -> Non
     expected = max((prompt * 1.0 + 500 * 2.0) / 1e6, (prompt * 10.0 + 100 * 20.0) / 1e6)
     assert worst_case_cost(req, 300, [cheap, dear]) == pytest.approx(expected)
     assert worst_case_cost(req, 300, [cheap]) == pytest.approx((prompt * 1.0 + 500 * 2.0) / 1e6)
+    # Each re-ask: the prompt plus the rejected answer, the error and the note (two more messages), and the cap again.
+    from services.guard import reask  # noqa: PLC0415
+
+    again = estimate_prompt_tokens(300 + reask.EXTRA_CHARS, 3) * 1.0 + 500 * 2.0
+    assert worst_case_cost(req, 300, [cheap], reasks=2) == pytest.approx((prompt * 1.0 + 500 * 2.0 + 2 * again) / 1e6)
