@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from shared import jetstream
 from shared.headers import now_ms
+from shared.kvwatch import KVMirror
 from shared.schemas.breaker import BreakerState
 from shared.subjects import Names
 
@@ -35,51 +36,27 @@ def kv_key(deployment: str) -> str:
 
 
 class BreakerView:
-    """The latest state of every deployment's breaker, kept current by a KV watch."""
+    """The latest state of every deployment's breaker, kept current by a KV watch (shared.kvwatch).
+
+    A stale view would keep sending traffic to an open deployment, or keep skipping a closed one;
+    the mirror restarts its watch when it ends. A deleted state keeps the last one seen (the
+    deployment's breaker decides again on its next failure or probe).
+    """
 
     def __init__(self, kv: KeyValue, on_change: Callable[[BreakerState], None] | None = None) -> None:
         self.kv = kv
         self.states: dict[str, BreakerState] = {}
         self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
+        self._mirror = KVMirror(kv, BreakerState, name="breakers", on_put=self._put)
+        self.ready = self._mirror.ready
+
+    def _put(self, _key: str, st: BreakerState) -> None:
+        self.states[st.deployment] = st
+        if self._on_change is not None:
+            self._on_change(st)
 
     async def start(self) -> asyncio.Task[None]:
-        watcher = await self.kv.watchall()
-        self._task = asyncio.create_task(self._run(watcher))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ready.wait(), 2.0)
-        return self._task
-
-    async def _run(self, watcher: KeyValue.KeyWatcher) -> None:
-        # A watch that ends (a reconnect, a stream hiccup) is started again: a stale view would
-        # keep sending traffic to an open deployment, or keep skipping a closed one.
-        while True:
-            try:
-                async for entry in watcher:
-                    if entry is None:  # the initial values have all been delivered
-                        self.ready.set()
-                        continue
-                    if entry.operation is not None or not entry.value:  # a delete or purge
-                        continue
-                    try:
-                        st = _decoder.decode(entry.value)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        log.warning("bad_breaker_state", key=entry.key)
-                        continue
-                    self.states[st.deployment] = st
-                    if self._on_change is not None:
-                        self._on_change(st)
-            except Exception as exc:
-                log.warning("breaker_watch_failed", error=str(exc))
-            finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-            await asyncio.sleep(1.0)
-            try:
-                watcher = await self.kv.watchall()
-            except Exception as exc:
-                log.warning("breaker_watch_restart_failed", error=str(exc))
+        return await self._mirror.start()
 
     def is_open(self, deployment: str, at_ms: int | None = None) -> bool:
         """Open and still cooling down: no traffic until its half-open probe."""
@@ -87,10 +64,7 @@ class BreakerView:
         return st is not None and st.state == "open" and (now_ms() if at_ms is None else at_ms) < st.until_ms
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._mirror.stop()
 
 
 async def read_all(kv: KeyValue) -> list[BreakerState]:

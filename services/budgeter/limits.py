@@ -8,19 +8,12 @@ round trip. A field an override leaves unset keeps the config's value.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-import msgspec
-import structlog
 from nats.js.kv import KeyValue
 
 from services.budgeter.store import Budget, Scope, key_key, tenant_key, units, user_key
 from shared.config import Limits, LockgateConfig
+from shared.kvwatch import KVMirror
 from shared.schemas.budget import BudgetLimits
-
-log = structlog.get_logger("lockgate.budgeter")
-_decoder = msgspec.json.Decoder(BudgetLimits)
 
 NO_LIMITS = Limits()
 
@@ -42,9 +35,9 @@ class LimitsView:
     def __init__(self, config: LockgateConfig, kv: KeyValue | None = None) -> None:
         self.config = config
         self.kv = kv
-        self.overrides: dict[str, BudgetLimits] = {}
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._mirror = KVMirror(kv, BudgetLimits, name="budget_limits") if kv is not None else None
+        # entity key -> runtime limits (the mirror's own dict, kept current by its watch)
+        self.overrides: dict[str, BudgetLimits] = self._mirror.entries if self._mirror is not None else {}
 
     # -- resolving -----------------------------------------------------------------------
     def budgets(self, tenant: str, user: str, key_id: str, tier: str) -> list[tuple[str, Budget]]:
@@ -78,41 +71,9 @@ class LimitsView:
 
     # -- watching ------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.kv is None:
-            return
-        watcher = await self.kv.watchall()
-        self._task = asyncio.create_task(self._run(watcher))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ready.wait(), 2.0)
-
-    async def _run(self, watcher: KeyValue.KeyWatcher) -> None:
-        assert self.kv is not None
-        while True:  # a watch that ends (reconnect) starts again: stale limits would mis-budget
-            try:
-                async for entry in watcher:
-                    if entry is None:  # the initial values are all in
-                        self.ready.set()
-                        continue
-                    if entry.operation is not None or not entry.value:  # deleted or purged
-                        self.overrides.pop(entry.key, None)
-                        continue
-                    try:
-                        self.overrides[entry.key] = _decoder.decode(entry.value)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        log.warning("bad_budget_limits", key=entry.key)
-            except Exception as exc:
-                log.warning("budget_limits_watch_failed", error=str(exc))
-            finally:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-            await asyncio.sleep(1.0)
-            try:
-                watcher = await self.kv.watchall()
-            except Exception as exc:
-                log.warning("budget_limits_watch_restart_failed", error=str(exc))
+        if self._mirror is not None:
+            await self._mirror.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        if self._mirror is not None:
+            await self._mirror.stop()
