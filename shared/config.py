@@ -227,6 +227,12 @@ APPROVAL_TIMEOUT_MAX_S = 86_400.0  # the approvals bucket keeps records 7 days; 
 
 def _check(cfg: LockgateConfig) -> None:
     problems: list[str] = cfg.security.problems()
+    for where, name in cfg.security.moderation_providers():
+        prov = cfg.providers.get(name)
+        if prov is None:
+            problems.append(f'{where}: unknown provider {name!r} (use "off" or a [providers] name)')
+        elif prov.kind != "openai":
+            problems.append(f"{where}: provider {name!r} is of kind {prov.kind!r}; moderation needs kind 'openai'")
     for name, dep in cfg.deployments.items():
         if dep.provider not in cfg.providers:
             problems.append(f"deployments.{name}.provider: unknown provider {dep.provider!r}")

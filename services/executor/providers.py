@@ -1,13 +1,12 @@
 """Provider calls through the official SDKs: one pooled client per deployment.
 
-The SDKs' own retries are off (``max_retries=0``): retries live in one place,
-the executor. Each call yields text deltas as they arrive (one delta for a
+The SDKs' own retries are off (``max_retries=0``, shared/sdk.py): retries live
+in one place, the executor. Each call yields text deltas as they arrive (one delta for a
 non-streamed call) and ends with a ``Final``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +20,9 @@ from services.executor import retry, wire
 from shared.errors import ContextTooLong, InvalidRequest, LockgateError, RateLimited, UpstreamError
 from shared.schemas.chat import ChatRequest, ToolCall, Usage, cached_details
 from shared.schemas.mesh import Deployment
+from shared.sdk import anthropic_client, api_key, openai_client
 from shared.subjects import EXECUTOR
 
-SIMULATED_KEY = "sk-lockgate-simulated"
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
@@ -43,24 +42,22 @@ class Clients:
 
     @staticmethod
     def _key(dep: Deployment) -> str:
-        if dep.api_key_env is None:
-            return SIMULATED_KEY
-        key = os.environ.get(dep.api_key_env)
-        if not key:
+        key = api_key(dep.api_key_env)
+        if key is None:
             raise UpstreamError(f"deployment {dep.name}: {dep.api_key_env} is not set", stage=EXECUTOR)
         return key
 
     def openai(self, dep: Deployment) -> openai.AsyncOpenAI:
         client = self._openai.get(dep.name)
         if client is None:
-            client = openai.AsyncOpenAI(api_key=self._key(dep), base_url=dep.base_url, max_retries=0)
+            client = openai_client(dep.base_url, self._key(dep))
             self._openai[dep.name] = client
         return client
 
     def anthropic(self, dep: Deployment) -> anthropic.AsyncAnthropic:
         client = self._anthropic.get(dep.name)
         if client is None:
-            client = anthropic.AsyncAnthropic(api_key=self._key(dep), base_url=dep.base_url, max_retries=0)
+            client = anthropic_client(dep.base_url, self._key(dep))
             self._anthropic[dep.name] = client
         return client
 

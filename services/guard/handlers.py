@@ -26,7 +26,7 @@ from nats.micro.request import Request
 
 from services.guard import inputs, reask, replies, safety
 from services.guard.approvals import Gate
-from services.guard.moderation import Moderator
+from services.guard.moderation import ModerationClients, Moderator
 from services.guard.rates import RateLimiter
 from shared import approvals, bus, headers, pii, similarity
 from shared.config import LockgateConfig, StagePolicy
@@ -138,7 +138,8 @@ class Guard:
         self.names = names
         self.keys = keys
         self.limits = config.limits
-        self.moderators: list[Moderator] = []  # output moderation hooks (a provider endpoint), run after the blocklist
+        self.moderators: list[Moderator] = []  # output moderation hooks in code, run after the provider's moderation
+        self.moderation = ModerationClients(config)  # the route's [security] moderation provider (close() on stop)
         self.stages = config.stages
         self._decoder = msgspec.json.Decoder(ChatRequest)
         self._subjects = {
@@ -250,6 +251,12 @@ class Guard:
         if screened.refusal is not None:
             raise screened.refusal
         tr.req = req = screened.request
+        if req.stream and policy.moderation != "off":
+            raise InvalidRequest(
+                f"route {plan.route!r} moderates answers (provider {policy.moderation}), which judges a whole "
+                "answer: send it with stream=false",
+                stage=GUARD,
+            )
 
         reason = self.gate.before(req)
         if reason is not None:
@@ -319,10 +326,8 @@ class Guard:
             content = await self._validate(req, fmt, content, plan, policy, tr)
             result = tr.result or result
         if not req.stream:
-            out = await safety.screen_output(content, policy, self.moderators)
+            out = await self._screen_output(content, policy, tr)
             content = out.content
-            tr.security += out.findings
-            tr.redactions += out.redactions
             await self._hold_answer(req, result.tool_calls, result.model, tr)
         elif content is not None and policy.pii_output == "redact":  # the chunks went out redacted (executor)
             content = pii.redact(content)[0]
@@ -407,9 +412,7 @@ class Guard:
         self, req: ChatRequest, c: CachedCompletion, inbox: str, tr: Trace, policy: Policy
     ) -> None:
         rid = f"chatcmpl-{tr.ctx.request_id}"
-        out = await safety.screen_output(c.content, policy, self.moderators)
-        tr.security += out.findings
-        tr.redactions += out.redactions
+        out = await self._screen_output(c.content, policy, tr)
         c = msgspec.structs.replace(c, content=out.content)
         info = self._info(tr)
         if req.stream:
@@ -423,6 +426,21 @@ class Guard:
         else:
             resp = replies.completion(rid, c.model, c.content, c.tool_calls, c.finish_reason, c.usage, info)
             await replies.send_completion(self.nc, inbox, resp, tr.ctx.request_id)
+
+    async def _screen_output(self, content: str | None, policy: Policy, tr: Trace) -> safety.OutputVerdict:
+        """The output checks (a cached answer too): findings noted, a refusal raised, moderation timed."""
+        t = time.perf_counter()
+        moderators = self.moderation.moderators(policy) + self.moderators
+        try:
+            out = await safety.screen_output(content, policy, moderators)
+        finally:
+            if policy.moderation != "off":
+                tr.stages["moderation"] = _ms(t)
+        tr.security += out.findings
+        tr.redactions += out.redactions
+        if out.refusal is not None:
+            raise out.refusal
+        return out
 
     async def _rate_check(self, principal: Principal, req: ChatRequest, total_chars: int, tr: Trace) -> None:
         if self.rates is None:

@@ -5,8 +5,9 @@ scoring of user, tool and untrusted messages (block → ``blocked_input``, flag 
 noted in the reply's ``lockgate.security`` and the audit record); PII and
 secrets (redact in place, block, or allow); untrusted messages wrapped in
 delimiters with an instruction to treat them as data. Output (before the client
-sees a non-streamed answer): the blocklist and moderation hooks
-(``blocked_output``), then PII redaction. Findings name signals and kinds only,
+sees a non-streamed answer): the blocklist, the route's provider moderation
+and moderation hooks (``blocked_output``, the findings name the blocklist or
+the categories), then PII redaction. Findings name signals and kinds only,
 never the text that matched, so they are safe for logs and audit records.
 """
 
@@ -109,18 +110,25 @@ class OutputVerdict:
     content: str | None
     findings: list[str] = field(default_factory=list)
     redactions: int = 0
+    refusal: LockgateError | None = None  # blocked_output: the findings say what tripped
 
 
 async def screen_output(content: str | None, policy: Policy, moderators: list[Moderator]) -> OutputVerdict:
-    """Blocklist and moderation hooks (raise ``blocked_output``), then PII redaction."""
+    """Blocklist and moderators (a refusal: ``blocked_output``), then PII redaction.
+
+    A moderator that cannot judge raises (``stage_unavailable``, services/guard/moderation.py).
+    """
     if not content:
         return OutputVerdict(content=content)
     if policy.blocklist and compiled(tuple(policy.blocklist)).hits(content):
-        raise BlockedOutput("the answer contains blocked content (output blocklist)", stage=GUARD)
+        refusal = BlockedOutput("the answer contains blocked content (output blocklist)", stage=GUARD)
+        return OutputVerdict(content=None, findings=["blocklist"], refusal=refusal)
     for mod in moderators:
         tripped = await mod.check(content)
         if tripped:
-            raise BlockedOutput(f"the answer was flagged by moderation ({', '.join(tripped[:5])})", stage=GUARD)
+            msg = f"the answer was flagged by moderation ({', '.join(tripped[:5])})"
+            findings = [f"moderation:{c}" for c in tripped]
+            return OutputVerdict(content=None, findings=findings, refusal=BlockedOutput(msg, stage=GUARD))
     if policy.pii_output == "allow":
         return OutputVerdict(content=content)
     text, counts = pii.redact(content)

@@ -34,4 +34,4 @@ async def start(env: Env) -> Running:
     desk = JobDesk(stage, env.js, env.config, env.names, guard.keys, bucket, store)
     await stage.add_raw(stage.service, name="jobs-submit", subject=env.names.jobs_submit, handler=desk.submit)
     await stage.add_raw(stage.service, name="jobs-status", subject=env.names.jobs_status, handler=desk.status)
-    return Running(GUARD, stage)
+    return Running(GUARD, stage, cleanups=[guard.moderation.close])

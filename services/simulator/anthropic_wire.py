@@ -117,7 +117,7 @@ _MESSAGE_STOP = _event(b"message_stop", {"type": "message_stop"})
 class AnthropicWire:
     """Renders Messages replies for one simulator (``seed``, ``words_per_reply``).
 
-    The fault ``output`` mode is ignored: Anthropic replies are always plain text.
+    The fault ``output`` mode is ignored except ``echo``: Anthropic replies are always plain text.
     """
 
     endpoint = "messages"
@@ -137,9 +137,10 @@ class AnthropicWire:
     def authorized(self, headers: CIMultiDictProxy[str]) -> bool:
         return authorized(headers)
 
-    def content(self, req: MessagesRequest) -> tuple[str, str]:
+    def content(self, req: MessagesRequest, output: str = "auto") -> tuple[str, str]:
         """``(text, stop_reason)``."""
-        body, cut = text.truncate(text.reply_text(req.digest, self.words), req.max_tokens)
+        reply = text.echo_text(req.directive_text) if output == "echo" else text.reply_text(req.digest, self.words)
+        body, cut = text.truncate(reply, req.max_tokens)
         return body, "max_tokens" if cut else "end_turn"
 
     def _message(
@@ -158,13 +159,13 @@ class AnthropicWire:
 
     def respond(self, req: MessagesRequest, output: str) -> bytes:
         """A complete ``message`` JSON body."""
-        body, stop = self.content(req)
+        body, stop = self.content(req, output)
         block = {"type": "text", "text": body}
         return _encode(self._message(req, [block], stop, text.completion_tokens(body)))
 
     def stream_events(self, req: MessagesRequest, output: str) -> list[bytes]:
         """The SSE events of a streamed reply, each a complete ``event: ...\\ndata: ...\\n\\n`` frame."""
-        body, stop = self.content(req)
+        body, stop = self.content(req, output)
         start = {"type": "message_start", "message": self._message(req, [], None, 1)}
         events = [_event(b"message_start", start), _BLOCK_START, _PING]
         events.extend(

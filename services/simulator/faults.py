@@ -59,6 +59,7 @@ _OUTPUTS: dict[str, str] = {
     "schema_violation": "schema-violation",
     "tool-call": "tool-call",
     "tool_call": "tool-call",
+    "echo": "echo",
 }
 _CACHE_MAX = 1024
 
@@ -103,7 +104,9 @@ def _convert(field: str, key: str, raw: str | None) -> Any:
     if field == "output":
         mode = _OUTPUTS.get(raw.lower())
         if mode is None:
-            raise FaultSpecError(f"fault 'output' must be auto, bad-json, schema-violation or tool-call, got {raw!r}")
+            raise FaultSpecError(
+                f"fault 'output' must be auto, bad-json, schema-violation, tool-call or echo, got {raw!r}"
+            )
         return mode
     if field == "status":
         status = _int(key, raw)

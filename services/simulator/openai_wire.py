@@ -154,7 +154,9 @@ class OpenAIWire:
 
     def content(self, req: ChatRequest, output: str) -> tuple[str, str]:
         """``(content, finish_reason)`` for ``req`` under the fault ``output`` mode."""
-        if output == "bad-json":
+        if output == "echo":
+            body = text.echo_text(req.directive_text)
+        elif output == "bad-json":
             body = text.bad_json_text(req.digest, self.words)
         elif output == "schema-violation":
             schema = req.schema if req.mode == "json_schema" else {"type": "object"}

@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from services.simulator import moderations
 from services.simulator.anthropic_wire import AnthropicWire
 from services.simulator.anthropic_wire import authorized as any_key
 from services.simulator.faults import HEADER, FaultResolver, FaultSpecError, pick_status, retry_headers
@@ -92,6 +93,7 @@ class SimulatorServer:
         cfg = self.config
         self._openai = OpenAIWire(cfg.seed, cfg.words_per_reply)
         self._anthropic = AnthropicWire(cfg.seed, cfg.words_per_reply)
+        self._moderations = moderations.ModerationsWire()
         self._resolver = FaultResolver()
         self._rng = random.Random(cfg.seed)
         self._stats = _Stats()
@@ -166,6 +168,7 @@ class SimulatorServer:
             r.add_post(prefix + "/v1/chat/completions", self._chat)
             r.add_post(prefix + "/v1/messages", self._messages)
             r.add_get(prefix + "/v1/models", self._models)
+            r.add_post(prefix + "/v1/moderations", self._moderate)
         r.add_get("/healthz", self._healthz)
         r.add_get("/_sim/stats", self._get_stats)
         r.add_post("/_sim/reset", self._reset)
@@ -199,6 +202,52 @@ class SimulatorServer:
             return _error(401, openai_error(401, "Missing API key: send 'Authorization: Bearer <key>'."))
         self._stats.successes += 1
         return web.Response(body=self._models_body, content_type=_JSON)
+
+    async def _moderate(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/moderations``: the word-list classifier; faults from the profile and the header
+        (latency, hang, status, malformed; ``output`` and ``chunk_delay`` do not apply)."""
+        stats = self._stats
+        profile = request.match_info.get("profile")
+        stats.request(self._moderations.endpoint, profile or "default")
+        base: FaultConfig | None = self.config.default if profile is None else self.config.profiles.get(profile)
+        if base is None:
+            stats.client_errors += 1
+            return _error(404, openai_error(404, f"Unknown simulator profile {profile!r}"))
+        if not self._openai.authorized(request.headers):
+            stats.client_errors += 1
+            return _error(401, openai_error(401, "Missing API key: send 'Authorization: Bearer <key>'."))
+        try:
+            model, inputs = moderations.parse(await request.read())
+            fault = self._resolver.resolve(base, request.headers.get(HEADER), None)
+        except FaultSpecError as exc:
+            stats.client_errors += 1
+            return _error(400, openai_error(400, f"Invalid simulator fault spec: {exc}"))
+        except ValueError as exc:
+            stats.client_errors += 1
+            return _error(400, openai_error(400, f"Invalid request: {exc}"))
+        hit = False
+
+        def note(kind: str) -> None:
+            nonlocal hit
+            stats.fault(kind, not hit)
+            hit = True
+
+        if fault.latency_ms:
+            note("latency")
+            await asyncio.sleep(fault.latency_ms / 1000)
+        if fault.hang:
+            note("hang")
+            await self._hang(request)
+        status = pick_status(fault, self._rng)
+        if status:
+            note("status")
+            return _error(status, openai_error(status, f"Simulated fault: HTTP {status}"), retry_headers(fault))
+        body = self._moderations.respond(model, inputs)
+        if fault.malformed:
+            note("malformed")
+            return web.Response(body=body[: len(body) // 2], content_type=_JSON)
+        stats.successes += 1
+        return web.Response(body=body, content_type=_JSON)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, self._openai)

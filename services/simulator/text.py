@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -72,6 +73,14 @@ def word_stream(digest: bytes) -> Iterator[str]:
 def reply_text(digest: bytes, count: int) -> str:
     """``"Simulated reply: "`` followed by ``count`` pseudo-random words."""
     return " ".join((*PREFIX, *islice(word_stream(digest), count)))
+
+
+_DIRECTIVE = re.compile(r"\[sim:[^\]]*\]")
+
+
+def echo_text(last_user: str | None) -> str:
+    """Output ``echo``: the last user message's text without its ``[sim:...]`` directive(s), trimmed."""
+    return _DIRECTIVE.sub("", last_user or "").strip()
 
 
 def json_object_text(digest: bytes, count: int) -> str:

@@ -13,14 +13,16 @@ from typing import Annotated, Literal
 
 import msgspec
 
-OutputMode = Literal["auto", "bad-json", "schema-violation", "tool-call"]
-"""How the simulator shapes the reply content (OpenAI only; Anthropic ignores it).
+OutputMode = Literal["auto", "bad-json", "schema-violation", "tool-call", "echo"]
+"""How the simulator shapes the reply content (OpenAI only; Anthropic ignores it, except ``echo``).
 
 ``auto``: honour ``response_format`` (plain text, a JSON object, or a document valid for the schema).
 ``bad-json``: text that is not valid JSON.
 ``schema-violation``: valid JSON that does not satisfy the requested schema / format.
 ``tool-call``: when the request offers tools, a call of the first one (or the one ``tool_choice``
 names) with arguments valid for its parameters schema, ``finish_reason`` ``tool_calls``; else ``auto``.
+``echo``: the last user message's text, without its ``[sim:...]`` directive (OpenAI and Anthropic), so a
+test can make the model say exactly what it needs (a word the moderation endpoint flags, say).
 """
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]

@@ -156,6 +156,15 @@ def test_not_toml() -> None:
         ),
         ("[tiers.free.user]\nrpm = -1\n", "tiers.free.user.rpm: must not be negative"),
         ("[budgets]\nalert_threshold = 1.5\n", "budgets.alert_threshold: must be in (0, 1]"),
+        ("[security]\nmoderation = 'ghost'\n", "security.moderation: unknown provider 'ghost'"),
+        ("[security]\nmoderation = 'claude'\n", "security.moderation: provider 'claude' is of kind 'anthropic'"),
+        (
+            "[security.routes.r]\nmoderation = 'sim-slow'\n",
+            "security.routes.r.moderation: provider 'sim-slow' is of kind 'anthropic'",
+        ),
+        ("[security]\nmoderation = ''\n", 'security.moderation: "off" or a provider name'),
+        ("[security]\nmoderation_timeout_ms = 0\n", "security.moderation_timeout_ms: must be positive"),
+        ("[security.routes.r]\nmoderation_model = ' '\n", "security.routes.r.moderation_model: must not be empty"),
     ],
 )
 def test_cross_reference_errors_name_the_key(extra: str, needle: str) -> None:
@@ -163,6 +172,34 @@ def test_cross_reference_errors_name_the_key(extra: str, needle: str) -> None:
         cfgmod.parse(BASE + extra, "lockgate.toml")
     assert needle in str(info.value)
     assert str(info.value).startswith("lockgate.toml: ")
+
+
+def test_moderation_policy_per_route() -> None:
+    extra = """
+[security]
+moderation = "sim"
+moderation_timeout_ms = 1500
+
+[security.routes.fast]
+moderation_model = "text-moderation-latest"
+
+[security.routes.open]
+moderation = "off"
+
+[security.routes.real]
+moderation = "real"
+moderation_timeout_ms = 800
+"""
+    sec = cfgmod.parse(BASE + extra).security
+    base = sec.policy("default")
+    assert (base.moderation, base.moderation_model, base.moderation_timeout_ms) == (
+        "sim", "omni-moderation-latest", 1500,
+    )  # fmt: skip
+    assert sec.policy("fast").moderation == "sim"
+    assert sec.policy("fast").moderation_model == "text-moderation-latest"
+    assert sec.policy("open").moderation == "off"
+    assert (sec.policy("real").moderation, sec.policy("real").moderation_timeout_ms) == ("real", 800)
+    assert cfgmod.parse(BASE).security.policy("default").moderation == "off"
 
 
 def test_all_problems_are_reported_at_once() -> None:

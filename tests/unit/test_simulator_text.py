@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.simulator import text
+from services.simulator import moderations, text
 from services.simulator.__main__ import build_config
 from services.simulator.anthropic_wire import AnthropicWire
 from services.simulator.faults import (
@@ -226,7 +226,7 @@ _JSON = st.recursive(
 
 
 @settings(max_examples=150, deadline=None)
-@given(_JSON, _JSON, st.sampled_from(["auto", "bad-json", "schema-violation"]))
+@given(_JSON, _JSON, st.sampled_from(["auto", "bad-json", "schema-violation", "echo"]))
 def test_wires_only_raise_value_errors(content: Any, schema: Any, output: str) -> None:
     """Arbitrary bodies either parse (and then render) or raise ValueError (-> HTTP 400)."""
     rf = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
@@ -401,3 +401,53 @@ def test_output_tool_call_calls_the_chosen_tool_with_valid_arguments() -> None:
     assert "amount" in json.loads(call["tool_calls"][0]["function"]["arguments"])
     plain = json.loads(wire.respond(wire.parse(json.dumps({**body, "tools": None}).encode()), "tool-call"))
     assert plain["choices"][0]["message"]["content"].startswith("Simulated reply")  # no tools: text
+
+
+# ----------------------------------------------------------------------------- output=echo, moderations
+
+
+def test_output_echo_says_the_last_user_message_without_the_directive() -> None:
+    messages = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": "[sim:output=echo] you idiot, I will hurt you "},
+    ]
+    body = json.dumps({"model": "m", "messages": messages}).encode()
+    wire = OpenAIWire(seed=0, words_per_reply=5)
+    reply = json.loads(wire.respond(wire.parse(body), "echo"))["choices"][0]
+    assert reply["message"]["content"] == "you idiot, I will hurt you"
+    assert reply["finish_reason"] == "stop"
+    pieces = [json.loads(e[6:])["choices"] for e in wire.stream_events(wire.parse(body), "echo")[:-1]]
+    assert "".join(c[0]["delta"].get("content") or "" for c in pieces if c) == "you idiot, I will hurt you"
+    ant = AnthropicWire(seed=0, words_per_reply=5)
+    msg = json.loads(
+        ant.respond(ant.parse(json.dumps({"model": "m", "max_tokens": 50, "messages": messages}).encode()), "echo")
+    )
+    assert msg["content"][0]["text"] == "you idiot, I will hurt you"
+    assert parse_fault_spec("output=echo") == {"output": "echo"}
+    assert text.echo_text("a [sim:status=0] b [sim:latency=1]") == "a  b"
+    assert text.echo_text(None) == ""
+
+
+def test_moderation_word_list_flags_whole_words_per_category() -> None:
+    flags = moderations.classify("You IDIOT, I will hurt you.")
+    assert set(moderations.CATEGORIES) == set(flags)
+    assert {c for c, on in flags.items() if on} == {"harassment", "violence"}
+    assert not any(moderations.classify("skill hurtle idiotic killer self").values())  # whole words only
+    assert moderations.classify("no self-harm here")["self-harm"]
+    assert not any(moderations.classify(" ".join(text.WORDS)).values())  # simulated replies stay clean
+
+
+def test_moderation_response_has_openai_shape() -> None:
+    model, inputs = moderations.parse(b'{"model": "omni-moderation-latest", "input": ["kill", "fine"]}')
+    body = json.loads(moderations.ModerationsWire().respond(model, inputs))
+    assert body["id"].startswith("modr-")
+    assert body["model"] == "omni-moderation-latest"
+    first, second = body["results"]
+    assert first["flagged"]
+    assert first["categories"]["violence"]
+    assert first["category_scores"]["violence"] > 0.5 > first["category_scores"]["hate"]
+    assert not second["flagged"]
+    for bad in (b"{}", b'{"input": 3}', b'{"input": []}', b"nope"):
+        with pytest.raises(ValueError, match=r"."):  # msgspec's message -> HTTP 400
+            moderations.parse(bad)
