@@ -200,8 +200,10 @@ def test_compose_services_run_lockgate_with_their_own_nats_user(tmp_path: Path) 
         assert service["depends_on"]["nats"]["condition"] == "service_healthy"
 
         secrets = set(service.get("environment") or {}) & set(PROVIDER_KEYS)
-        assert secrets == (set(PROVIDER_KEYS) if name == "executor" else set()), (
-            f"{name}: provider keys go to the executor only"
+        # The executor calls providers; the guard only an OpenAI moderation endpoint ([security] moderation).
+        wanted = {"executor": set(PROVIDER_KEYS), "guard": {"OPENAI_API_KEY"}}.get(name, set())
+        assert secrets == wanted, (
+            f"{name}: provider keys go to the executor (and the moderation key to the guard) only"
         )
 
 
