@@ -202,9 +202,7 @@ def test_compose_services_run_lockgate_with_their_own_nats_user(tmp_path: Path) 
         secrets = set(service.get("environment") or {}) & set(PROVIDER_KEYS)
         # The executor calls providers; the guard only an OpenAI moderation endpoint ([security] moderation).
         wanted = {"executor": set(PROVIDER_KEYS), "guard": {"OPENAI_API_KEY"}}.get(name, set())
-        assert secrets == wanted, (
-            f"{name}: provider keys go to the executor (and the moderation key to the guard) only"
-        )
+        assert secrets == wanted, f"{name}: provider keys go to the executor (the moderation key to the guard)"
 
 
 def test_dockerfile_entrypoint_is_lockgate() -> None:
