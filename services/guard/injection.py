@@ -1,9 +1,10 @@
 """Prompt-injection detection: a scoring detector over a handful of signal families.
 
-Each family is a small set of regexes guarded by keywords: one Aho-Corasick pass
-finds every family's keywords, and the regexes run only in windows around them (so
-a 50 KB prompt costs a lowercase and one automaton pass, not dozens of scans). A
-family that fires adds its weight; the score is a noisy-OR of the weights
+Each family is a small set of regexes with the literals a match can begin with: one
+Aho-Corasick pass finds every family's literals, and each regex is tried only at
+those positions, anchored (so a 50 KB prompt costs a lowercase, one automaton pass
+and a short match attempt per literal hit, not dozens of scans). A family that
+fires adds its weight; the score is a noisy-OR of the weights
 (``1 - Π(1 - w)``), so one strong signal (an instruction override) is enough and
 several weak ones (a role-play request plus a fake tag) add up. Families:
 
@@ -99,57 +100,88 @@ _ROLE = re.compile(
     r"|\bsudo mode\b"
     r"|(?:ahora eres|a partir de ahora eres|tu es maintenant|à partir de maintenant,? tu es|du bist jetzt|ab jetzt bist du|agora você é|ora sei|теперь ты|你现在是|今からあなたは)"
 )
+# Lowercase literals and no IGNORECASE: it sees lowercased text (IGNORECASE only added the dotless i, U+0131,
+# for "i" and the like, which the literals below could not find).
 _FAKE_TAG = re.compile(
     r"<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|>"
-    r"|\[/?INST\]|<</?SYS>>|</?s>\s{0,3}\[INST"
+    r"|\[/?inst\]|<</?sys>>|</?s>\s{0,3}\[inst"
     r"|(?m:^\s{0,3}#{2,4}\s{0,3}(?:system|instruction|new instructions)\s{0,3}:?\s{0,3}$)"
     r"|#{2,4}\s{0,3}(?:system|instruction|new instructions)\s{0,3}:"
     r"|</(?:system|system_prompt|sys|instructions?)>|(?m:^\s{0,3}<(?:system|system_prompt|sys|instructions?)>)"
     r"|(?m:^\s{0,3}(?:system|\[system\]|\{system\})\s{0,3}:\s)"
-    r"|\bBEGIN (?:SYSTEM|ADMIN|DEVELOPER) (?:PROMPT|INSTRUCTIONS|MESSAGE)\b"
-    r"|\]\s{0,3}\(#(?:system|instructions)\)"
-    r"|(?m:^\s{0,3}(?:assistant|ai)\s{0,3}:\s{0,3}(?:sure|okay|ok)\b)",
-    re.IGNORECASE,
+    r"|\bbegin (?:system|admin|developer) (?:prompt|instructions|message)\b"
+    # "](#system)": written to begin at "(#", which is rare, where "]" is common
+    r"|(?:(?<=\])|(?<=\]\s)|(?<=\]\s\s)|(?<=\]\s\s\s))\(#(?:system|instructions)\)"
+    r"|(?m:^\s{0,3}(?:assistant|ai)\s{0,3}:\s{0,3}(?:sure|okay|ok)\b)"
 )
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{24,4096}={0,2}(?![A-Za-z0-9+/=])")
 _DECODE_ASK = re.compile(
     r"\b(?:decode|base64|rot13|hex)\b[^.\n]{0,40}\b(?:follow|execute|obey|run|do what it says|carry out)\b"
 )
 
-# Each family: its regex, and the literals one of which every match contains (lowercase). The regex
-# runs only in windows around those literals (all found in one automaton pass, below), so the cost
-# of a long prompt is that pass plus small regex searches where a keyword occurs.
-_FAMILIES: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
-    ("override", _OVERRIDE_EN, (
-        "ignor", "disregard", "forget", "override", "bypass", "skip", "discard", "drop", "abandon", "neglect")),
-    ("override", _OVERRIDE_EN_2, ("follow", "obey", "new instructions", "new rules", "new task", "your new",
-                                  "your real", "your true", "void", "cancel", "obsolete", "fake", "wrong",
-                                  "a test", "instead")),
-    ("override", _OVERRIDE_INTL, (
-        "ignor", "olvid", "omite", "descarta", "oubli", "tiens pas", "vergiss", "vergess", "missacht", "esque",
-        "desconsider", "dimentic", "trascur", "игнор", "проигнор", "забуд", "обраща", "忽", "无视", "忘", "不要",
-        "無視", "忘れ")),
-    ("exfiltration", _EXFIL, (
-        "prompt", "instructions", "message", "rules", "configuration", "above", "sistema", "système", "systeme",
-        "systemprompt", "system-prompt", "systemanweisungen", "系统", "システム", "системн")),
-    ("role", _ROLE, (
-        "you are now", "you are no longer", "god mode", "jailbreak mode", "unrestricted mode", "dan mode",
-        "developer mode", "sudo mode", "do anything", "jailbr", "rules", "restrictions", "limits",
-        "filters", "guidelines", "ethics", "censorship", "from now on", "henceforth", "starting now", "i am your",
-        "override", "eres", "tu es", "du bist", "você é", "ora sei", "теперь", "你现在", "今から")),
-    ("fake_tag", _FAKE_TAG, (
-        "<|", "[inst", "[/inst", "<<sys", "<</sys", "</s>", "##", "<sys", "</sys", "<instr", "</instr", "system",
-        "begin ", "(#", "assistant", "ai:", "ai :")),
-    ("decode_ask", _DECODE_ASK, ("decode", "base64", "rot13", "hex")),
-)  # fmt: skip
-_BEFORE, _AFTER = 200, 200  # window around a keyword: wider than any match's reach on either side
-_MAX_ANCHORS = 64  # beyond this many keyword hits, one full scan is cheaper than many windows
 
-# All families' keywords in one Aho-Corasick automaton: one pass over the text finds every occurrence
-# of every keyword (overlapping ones too), where a ``str.find`` per keyword took ~110 passes.
-_KEY_LIST = sorted({k for _, _, keys in _FAMILIES for k in keys})
-_KEYWORDS = ahocorasick_rs.AhoCorasick(_KEY_LIST)
-_KEY_FAMILIES = [tuple(f for f, (_, _, keys) in enumerate(_FAMILIES) if k in keys) for k in _KEY_LIST]
+# Each family: its name, its regex, and the literals a match can begin with (lowercase): every match of
+# the regex starts at one of them, so the regex is tried only there (``pattern.match(low, pos)``, which
+# sees the characters before ``pos`` for ``\b`` and ``^``). One automaton pass finds them all. Where an
+# optional prefix is left out ("the ", "as a "), a match with the prefix implies one without it, at
+# the next word. ``line`` literals are for the ``^\s{0,3}…`` alternatives: the regex is tried at the
+# line start at most three whitespace characters before the literal.
+@dataclass(frozen=True)
+class _Family:
+    name: str
+    pattern: re.Pattern[str]
+    starts: tuple[str, ...]
+    line: tuple[str, ...] = ()
+
+
+_SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace())  # what \s matches (none above U+3000)
+_FAMILIES: tuple[_Family, ...] = (
+    _Family("override", _OVERRIDE_EN, (
+        "ignor", "disregard", "forget", "override", "bypass", "skip", "discard", "drop", "abandon", "neglect")),
+    _Family("override", _OVERRIDE_EN_2, (
+        "do not follow", "do not obey", "don't follow", "don't obey", "stop follow", "stop obey",
+        "new instructions", "new rules", "new task", "your new ", "your real ", "your true ",
+        *(f"{w} {n}" for w in ("above", "previous", "prior", "earlier") for n in ("instructions", "rules")),
+        "instead")),
+    _Family("override", _OVERRIDE_INTL, (
+        "ignor", "olvid", "omite", "descarta", "descarte", "oublie", "ne tiens pas compte de", "vergiss",
+        "vergessen sie", "missachte", "esqueça", "esqueca", "desconsidere", "dimentica", "trascura",
+        "игнорируй", "проигнорируй", "забудь", "не обращай внимания на",
+        "忽略", "忽视", "无视", "忘记", "忘掉", "不要理会", "不要遵守", "指示", "命令", "ルール", "指令", "設定")),
+    _Family("exfiltration", _EXFIL, (
+        "reveal", "show", "print", "repeat", "output", "display", "leak", "dump", "tell me", "give me",
+        "write out", "recite", "what is", "what are", "what was", "what were",
+        *(f"{d} {a}instructions from the" for d in ("your", "the")
+          for a in ("", "exact ", "full ", "original ", "initial ", "hidden ", "secret ")),
+        "revela", "muestra", "repite", "révèle", "affiche", "montre", "répète", "zeige", "verrate", "wiederhole",
+        "gib", "显示", "告诉我", "输出", "泄露", "打印", "システムプロンプトを", "покажи", "выведи", "раскрой")),
+    _Family("role", _ROLE, (
+        "you are", "you're", "god mode", "jailbreak mode", "unrestricted mode", "dan mode", "developer mode ",
+        "do anything now", "jailbr", "pretend", "act as", "act to be", "act you are", "act like", "behave",
+        "roleplay", "from now on", "henceforth", "starting now", "i am your ", "admin override", "system override",
+        "root override", "sudo mode", "ahora eres", "a partir de ahora eres", "tu es maintenant",
+        "à partir de maintenant", "du bist jetzt", "ab jetzt bist du", "agora você é", "ora sei", "теперь ты",
+        "你现在是", "今からあなたは")),
+    _Family("fake_tag", _FAKE_TAG, (
+        "<|", "[inst]", "[/inst]", "<<sys>>", "<</sys>>", "</s>", "<s>", "##", "</sys", "</instruction",
+        "begin system", "begin admin", "begin developer", "(#system)", "(#instructions)"),
+        line=("##", "<sys", "<instruction", "system", "[system]", "{system}", "assistant", "ai:",
+              *(f"ai{c}" for c in _SPACES))),
+    _Family("decode_ask", _DECODE_ASK, ("decode", "base64", "rot13", "hex")),
+)  # fmt: skip
+
+# All families' literals in one Aho-Corasick automaton: one pass over the text finds every occurrence
+# of every literal (overlapping ones too), where a ``str.find`` per literal would take ~190 passes.
+_KEY_LIST = sorted({k for f in _FAMILIES for k in (*f.starts, *f.line)})
+_KEYWORDS = ahocorasick_rs.AhoCorasick(_KEY_LIST, implementation=ahocorasick_rs.Implementation.DFA)  # 2x on ASCII
+# for each literal, the lists it feeds: 2 * family for a start, 2 * family + 1 for a line literal
+_KEY_SLOTS = [
+    tuple(2 * i + j for i, f in enumerate(_FAMILIES) for j, keys in enumerate((f.starts, f.line)) if k in keys)
+    for k in _KEY_LIST
+]
+
+_ASCII = re.compile(r"[\x00-\x7f]")
+_PIECE = 512  # NFKC checks pieces of about this many characters and normalises only those that need it
 
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_MARKS = bytes(ord("1") if i in _B64_CHARS else ord("0") for i in range(256))  # base64 character → "1"
@@ -179,46 +211,58 @@ def _norm(text: str) -> tuple[str, bool]:
     # translate() of non-ASCII text is a dict lookup per character: only when there is something to remove
     hidden = any(c in text for c in _ZERO_WIDTH_CHARS)
     cleaned = text.translate(_ZERO_WIDTH) if hidden else text
-    if not unicodedata.is_normalized("NFKC", cleaned):
-        cleaned = unicodedata.normalize("NFKC", cleaned)
-    return cleaned.lower(), hidden
+    return _nfkc(cleaned).lower(), hidden
+
+
+def _nfkc(text: str, piece: int = _PIECE) -> str:
+    """``unicodedata.normalize("NFKC", text)``, normalising only the pieces that need it (a full pass is
+    ~20 ns a character). The pieces are cut before ASCII characters, which never compose with what
+    precedes them nor move in reordering, so each piece normalises on its own."""
+    pieces: list[str] = []
+    start, n = 0, len(text)
+    while start < n:
+        cut = _ASCII.search(text, min(start + piece, n))  # None: no ASCII character left to cut before
+        end = cut.start() if cut else n
+        part = text[start:end]
+        pieces.append(part if unicodedata.is_normalized("NFKC", part) else unicodedata.normalize("NFKC", part))
+        start = end
+    return "".join(pieces)
 
 
 def _keyword_hits(low: str) -> list[list[int]]:
-    """Where each family's keywords start in ``low``: one pass of the automaton over the text."""
-    hits: list[list[int]] = [[] for _ in _FAMILIES]
+    """Where each family's literals start in ``low`` (one pass of the automaton): for family ``i``, its
+    start literals' positions are list ``2 * i``, its line literals' list ``2 * i + 1``."""
+    hits: list[list[int]] = [[] for _ in range(2 * len(_FAMILIES))]
     for key, start, _ in _KEYWORDS.find_matches_as_indexes(low, overlapping=True):
-        for f in _KEY_FAMILIES[key]:
-            hits[f].append(start)
+        for slot in _KEY_SLOTS[key]:
+            hits[slot].append(start)
     return hits
 
 
-def _found(pattern: re.Pattern[str], low: str, hits: list[int]) -> bool:
-    """Whether ``pattern`` matches in ``low``, searching only the windows around the keyword ``hits``."""
-    if not hits:
-        return False
-    if len(hits) > _MAX_ANCHORS:
-        return pattern.search(low) is not None
-    hits.sort()
-    n = len(low)
-    lo, hi = max(0, hits[0] - _BEFORE), hits[0] + _AFTER
-    for i in hits[1:]:
-        if i - _BEFORE <= hi:
-            hi = i + _AFTER
-            continue
-        if pattern.search(low, lo, min(n, hi)):
-            return True
-        lo, hi = i - _BEFORE, i + _AFTER
-    return pattern.search(low, lo, min(n, hi)) is not None
+def _line_start(low: str, pos: int) -> int:
+    """The start of the line ``pos`` is on if only zero to three whitespace characters lie between, else -1."""
+    p = pos
+    while p and low[p - 1] != "\n":
+        if pos - p == 3 or not low[p - 1].isspace():
+            return -1
+        p -= 1
+    return p
+
+
+def _found(pattern: re.Pattern[str], low: str, starts: list[int], line: list[int]) -> bool:
+    """Whether ``pattern`` matches in ``low``, trying it only where a match can begin."""
+    match = pattern.match
+    if any(match(low, p) for p in set(starts)):
+        return True
+    return any(p >= 0 and match(low, p) for p in {_line_start(low, q) for q in line})
 
 
 def _signals(low: str) -> set[str]:
     found: set[str] = set()
-    for (name, pattern, _), hits in zip(_FAMILIES, _keyword_hits(low), strict=True):
-        if name in found:
-            continue
-        if _found(pattern, low, hits):  # every family matches the lowercased, normalised text
-            found.add(name)
+    hits = _keyword_hits(low)
+    for i, f in enumerate(_FAMILIES):
+        if f.name not in found and _found(f.pattern, low, hits[2 * i], hits[2 * i + 1]):
+            found.add(f.name)  # every family matches the lowercased, normalised text
     return found
 
 

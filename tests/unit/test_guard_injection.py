@@ -10,7 +10,9 @@ writing the patterns, so these figures are an upper bound for unseen phrasing.
 from __future__ import annotations
 
 import base64
+import re
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -91,16 +93,18 @@ def test_untrusted_content_is_delimited_and_cannot_close_the_block() -> None:
 
 
 def _hits_by_find(low: str) -> list[list[int]]:
-    """The keyword positions as one ``str.find`` pass per keyword would give them (the automaton's reference)."""
+    """The literal positions as one ``str.find`` pass per literal would give them (the automaton's reference):
+    for each family, its start literals' positions, then its line literals'."""
     hits: list[list[int]] = []
-    for _, _, keys in injection._FAMILIES:
-        found = []
-        for k in keys:
-            i = low.find(k)
-            while i >= 0:
-                found.append(i)
-                i = low.find(k, i + 1)
-        hits.append(sorted(found))
+    for family in injection._FAMILIES:
+        for keys in (family.starts, family.line):
+            found = []
+            for k in keys:
+                i = low.find(k)
+                while i >= 0:
+                    found.append(i)
+                    i = low.find(k, i + 1)
+            hits.append(sorted(found))
     return hits
 
 
@@ -115,6 +119,87 @@ def test_the_keyword_automaton_on_the_corpora() -> None:
     for text in _load("injection_attempts.txt") + _load("benign_prompts.txt"):
         low, _ = injection._norm(text)
         assert [sorted(h) for h in injection._keyword_hits(low)] == _hits_by_find(low)
+
+
+def _signals_by_search(low: str) -> set[str]:
+    """The reference for the anchored matching: each family's regex searched over the whole text."""
+    return {f.name for f in injection._FAMILIES if f.pattern.search(low)}
+
+
+_CORPUS = _load("injection_attempts.txt") + _load("benign_prompts.txt")
+_NOISE = [" ", "  ", "   ", "    ", "\n", "\n\n", "\t", "\u3000", ".", ",", ":", " : ", "#", "##", "]", "(", "<", ">", "|",
+          "'", "-", "x", "a", "é", "系", "the", "you", "all", "rules", "sure", "mode", "now"]  # fmt: skip
+
+
+def _branches(pattern: str) -> list[str]:
+    """A regex's top-level alternatives (split at each ``|`` outside groups and classes)."""
+    out: list[str] = []
+    depth, start, i, in_class = 0, 0, 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+        elif in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class, i = True, i + (pattern[i + 1] == "]")  # a "]" first in a class is literal
+        elif c in "()":
+            depth += 1 if c == "(" else -1
+        elif c == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*out, pattern[start:]]
+
+
+_BRANCHES = [b for f in injection._FAMILIES for b in _branches(f.pattern.pattern)]
+_PIECES = st.one_of(
+    st.sampled_from(_CORPUS),
+    st.sampled_from(injection._KEY_LIST),
+    st.sampled_from(_NOISE),
+    *(st.from_regex(b) for b in _BRANCHES),  # a match of each alternative of each family, with text around it
+)
+
+
+def test_the_branches_are_the_families_alternatives() -> None:
+    assert len(_BRANCHES) > 40  # 50 when written
+    for f in injection._FAMILIES:
+        assert "|".join(_branches(f.pattern.pattern)) == f.pattern.pattern
+        for b in _branches(f.pattern.pattern):
+            re.compile(b)  # balanced: a whole alternative
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_PIECES, max_size=12))
+def test_anchored_matching_gives_the_signals_a_full_search_gives(pieces: list[str]) -> None:
+    low, _ = injection._norm("".join(pieces))  # glued: literals overlap, matches straddle pieces
+    assert injection._signals(low) == _signals_by_search(low)
+
+
+def test_anchored_matching_on_the_corpora() -> None:
+    for text in _CORPUS:
+        low, _ = injection._norm(text)
+        assert injection._signals(low) == _signals_by_search(low), text
+
+
+def test_the_line_literals_know_every_whitespace_character() -> None:
+    every = "".join(map(chr, range(0x110000)))
+    assert "".join(re.findall(r"\s", every)) == injection._SPACES  # what \s matches: "ai" + any of them
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "e", "A", " ", "?", "\u0301", "\u0308", "\u0327", "\u0338", "\uff1f", "\uff21", "\u00e9",
+                         "\u1100", "\u1161", "\u11a8", "\u0915", "\u093c", "\u2126", "\u212b", "\ufb01", "\u2460",
+                         "\u00bd", "\u3000", "\u0e33", "\u1e9b", "\u0345", "系", "=", "<"]),
+        max_size=80,
+    ),
+    st.integers(min_value=1, max_value=8),
+)  # fmt: skip
+def test_nfkc_by_pieces_equals_nfkc_of_the_whole(chars: list[str], piece: int) -> None:
+    text = "".join(chars)
+    assert injection._nfkc(text, piece) == unicodedata.normalize("NFKC", text)  # small pieces: many cuts
 
 
 @settings(max_examples=200, deadline=None)
@@ -140,7 +225,8 @@ def test_base64_runs_are_found_as_the_plain_regex_finds_them(parts: list[str]) -
     ["ignore " * 7_000, "ignore the " * 5_000, "<|" * 25_000, "you are now " * 4_000, "忽略" * 25_000, "#" * 50_000,
      "A" * 49_998 + "==", "a" * 50_000, "ignore " + "x " * 25_000, "system prompt " * 3_600,
      ("A" * 30 + " ") * 1_600, ("A" * 30 + "=") * 1_600, "aWdub3Jl" * 6_250, "ignorignor" * 5_000, "\u200b" * 50_000,
-     "é" * 50_000],
+     "é" * 50_000, "the " * 12_500, "you are " * 6_000, "]" * 50_000, "\nsystem" * 7_000, "\n ai " * 8_000,
+     "act as " * 7_000, "what is your " * 4_000],
 )  # fmt: skip
 def test_hostile_50kb_inputs_finish_quickly(hostile: str) -> None:
     t = time.perf_counter()
