@@ -261,7 +261,8 @@ def _signals(low: str) -> set[str]:
     found: set[str] = set()
     hits = _keyword_hits(low)
     for i, f in enumerate(_FAMILIES):
-        if f.name not in found and _found(f.pattern, low, hits[2 * i], hits[2 * i + 1]):
+        starts, line = hits[2 * i], hits[2 * i + 1]
+        if (starts or line) and f.name not in found and _found(f.pattern, low, starts, line):
             found.add(f.name)  # every family matches the lowercased, normalised text
     return found
 
