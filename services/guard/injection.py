@@ -27,6 +27,7 @@ import base64
 import binascii
 import re
 import unicodedata
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import ahocorasick_rs
@@ -125,19 +126,27 @@ _DECODE_ASK = re.compile(
 # sees the characters before ``pos`` for ``\b`` and ``^``). One automaton pass finds them all. Where an
 # optional prefix is left out ("the ", "as a "), a match with the prefix implies one without it, at
 # the next word. ``line`` literals are for the ``^\s{0,3}…`` alternatives: the regex is tried at the
-# line start at most three whitespace characters before the literal.
+# line start at most three whitespace characters before the literal. ``needs``: every match also has one
+# of these literals starting at most ``reach`` characters after its start (a noun after "ignore"): a
+# start with none there is not tried, which skips most of the "ignore"s of benign text.
 @dataclass(frozen=True)
 class _Family:
     name: str
     pattern: re.Pattern[str]
     starts: tuple[str, ...]
     line: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    reach: int = 0
 
 
 _SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace())  # what \s matches (none above U+3000)
 _FAMILIES: tuple[_Family, ...] = (
     _Family("override", _OVERRIDE_EN, (
-        "ignor", "disregard", "forget", "override", "bypass", "skip", "discard", "drop", "abandon", "neglect")),
+        "ignor", "disregard", "forget", "override", "bypass", "skip", "discard", "drop", "abandon", "neglect"),
+        needs=("instruction", "guidelines", "directive", "prompt", "guardrails", "constraints", "restrictions",
+               "programming", "rule", "directions", "commands", "policies", "safety", "filters", "context",
+               "you were told", "you've been told", "you have been told", "above", "before", "previously"),
+        reach=116),  # the farthest noun: verb 9 + two words 46 + 3 + "preceding" 9 + two words 46 + 3
     _Family("override", _OVERRIDE_EN_2, (
         "do not follow", "do not obey", "don't follow", "don't obey", "stop follow", "stop obey",
         "new instructions", "new rules", "new task", "your new ", "your real ", "your true ",
@@ -147,7 +156,12 @@ _FAMILIES: tuple[_Family, ...] = (
         "ignor", "olvid", "omite", "descarta", "descarte", "oublie", "ne tiens pas compte de", "vergiss",
         "vergessen sie", "missachte", "esqueça", "esqueca", "desconsidere", "dimentica", "trascura",
         "игнорируй", "проигнорируй", "забудь", "не обращай внимания на",
-        "忽略", "忽视", "无视", "忘记", "忘掉", "不要理会", "不要遵守", "指示", "命令", "ルール", "指令", "設定")),
+        "忽略", "忽视", "无视", "忘记", "忘掉", "不要理会", "不要遵守", "指示", "命令", "ルール", "指令", "設定"),
+        needs=("instrucciones", "reglas", "indicaciones", "instructions", "règles", "consignes", "directives",
+               "anweisungen", "regeln", "instruktionen", "vorgaben", "befehle", "instruções", "instrucoes", "regras",
+               "orientações", "istruzioni", "regole", "indicazioni", "инструкци", "правил", "указани",
+               "指令", "指示", "说明", "规则", "提示", "要求", "设定", "無視", "忘れ"),
+        reach=80),  # the farthest noun: "ne tiens pas compte des" 23 + three words 54 + 3
     _Family("exfiltration", _EXFIL, (
         "reveal", "show", "print", "repeat", "output", "display", "leak", "dump", "tell me", "give me",
         "write out", "recite", "what is", "what are", "what was", "what were",
@@ -172,11 +186,11 @@ _FAMILIES: tuple[_Family, ...] = (
 
 # All families' literals in one Aho-Corasick automaton: one pass over the text finds every occurrence
 # of every literal (overlapping ones too), where a ``str.find`` per literal would take ~190 passes.
-_KEY_LIST = sorted({k for f in _FAMILIES for k in (*f.starts, *f.line)})
+_KEY_LIST = sorted({k for f in _FAMILIES for k in (*f.starts, *f.line, *f.needs)})
 _KEYWORDS = ahocorasick_rs.AhoCorasick(_KEY_LIST, implementation=ahocorasick_rs.Implementation.DFA)  # 2x on ASCII
-# for each literal, the lists it feeds: 2 * family for a start, 2 * family + 1 for a line literal
+# for each literal, the lists it feeds: 3 * family for a start, + 1 for a line literal, + 2 for a needed one
 _KEY_SLOTS = [
-    tuple(2 * i + j for i, f in enumerate(_FAMILIES) for j, keys in enumerate((f.starts, f.line)) if k in keys)
+    tuple(3 * i + j for i, f in enumerate(_FAMILIES) for j, keys in enumerate((f.starts, f.line, f.needs)) if k in keys)
     for k in _KEY_LIST
 ]
 
@@ -231,8 +245,8 @@ def _nfkc(text: str, piece: int = _PIECE) -> str:
 
 def _keyword_hits(low: str) -> list[list[int]]:
     """Where each family's literals start in ``low`` (one pass of the automaton): for family ``i``, its
-    start literals' positions are list ``2 * i``, its line literals' list ``2 * i + 1``."""
-    hits: list[list[int]] = [[] for _ in range(2 * len(_FAMILIES))]
+    start literals' positions are list ``3 * i``, its line literals' ``3 * i + 1``, its needed ones' ``3 * i + 2``."""
+    hits: list[list[int]] = [[] for _ in range(3 * len(_FAMILIES))]
     for key, start, _ in _KEYWORDS.find_matches_as_indexes(low, overlapping=True):
         for slot in _KEY_SLOTS[key]:
             hits[slot].append(start)
@@ -249,20 +263,23 @@ def _line_start(low: str, pos: int) -> int:
     return p
 
 
-def _found(pattern: re.Pattern[str], low: str, starts: list[int], line: list[int]) -> bool:
-    """Whether ``pattern`` matches in ``low``, trying it only where a match can begin."""
-    match = pattern.match
-    if any(match(low, p) for p in set(starts)):
-        return True
-    return any(p >= 0 and match(low, p) for p in {_line_start(low, q) for q in line})
+def _found(f: _Family, low: str, starts: list[int], line: list[int], needs: list[int]) -> bool:
+    """Whether ``f.pattern`` matches in ``low``, trying it only where a match can begin."""
+    at = set(starts).union(_line_start(low, q) for q in line)
+    at.discard(-1)
+    if f.needs:
+        needs.sort()  # the automaton reports matches in the order they end
+        at = {p for p in at if (i := bisect_left(needs, p)) < len(needs) and needs[i] <= p + f.reach}
+    match = f.pattern.match
+    return any(match(low, p) for p in at)
 
 
 def _signals(low: str) -> set[str]:
     found: set[str] = set()
     hits = _keyword_hits(low)
     for i, f in enumerate(_FAMILIES):
-        starts, line = hits[2 * i], hits[2 * i + 1]
-        if (starts or line) and f.name not in found and _found(f.pattern, low, starts, line):
+        starts, line, needs = hits[3 * i : 3 * i + 3]
+        if (starts or line) and f.name not in found and _found(f, low, starts, line, needs):
             found.add(f.name)  # every family matches the lowercased, normalised text
     return found
 

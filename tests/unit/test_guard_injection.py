@@ -94,10 +94,10 @@ def test_untrusted_content_is_delimited_and_cannot_close_the_block() -> None:
 
 def _hits_by_find(low: str) -> list[list[int]]:
     """The literal positions as one ``str.find`` pass per literal would give them (the automaton's reference):
-    for each family, its start literals' positions, then its line literals'."""
+    for each family, its start literals' positions, then its line literals', then its needed ones'."""
     hits: list[list[int]] = []
     for family in injection._FAMILIES:
-        for keys in (family.starts, family.line):
+        for keys in (family.starts, family.line, family.needs):
             found = []
             for k in keys:
                 i = low.find(k)
@@ -176,10 +176,40 @@ def test_anchored_matching_gives_the_signals_a_full_search_gives(pieces: list[st
     assert injection._signals(low) == _signals_by_search(low)
 
 
+@pytest.mark.parametrize("branch", _BRANCHES)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_anchored_matching_finds_each_alternative_alone(branch: str, data: st.DataObject) -> None:
+    # no text around the match to supply a literal it lacks (but a look-behind needs a character before it)
+    text = data.draw(st.from_regex(branch, fullmatch="(?<=" not in branch))
+    low, _ = injection._norm(text)
+    assert injection._signals(low) == _signals_by_search(low)
+
+
 def test_anchored_matching_on_the_corpora() -> None:
     for text in _CORPUS:
         low, _ = injection._norm(text)
         assert injection._signals(low) == _signals_by_search(low), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "disregard" + ("   " + "w" * 20) * 4 + "   instructions",  # each gap and word as long as the regex allows
+        "disregard" + ("   " + "w" * 20) * 2 + "   preceding" + ("   " + "w" * 20) * 2 + "   rules",
+        "ne tiens pas compte des" + ("   " + "w" * 15) * 3 + "   instructions",
+        "ignorieren sie" + ("   " + "w" * 15) * 3 + "   anweisungen",
+        "desconsidere" + ("   " + "w" * 15) * 3 + "   orientações",
+        "dimenticate" + ("   " + "w" * 15) * 3 + "   indicazioni",
+        "не обращай внимания на" + ("   " + "ж" * 15) * 3 + "   указания",
+        "不要理会" + "的" * 12 + "设定",
+        "ルール" + "の" * 6 + "をすべて無視",
+    ],
+)
+def test_the_farthest_nouns_are_within_reach(text: str) -> None:
+    low, _ = injection._norm(text)
+    assert _signals_by_search(low) == {"override"}
+    assert injection._signals(low) == {"override"}
 
 
 def test_the_line_literals_know_every_whitespace_character() -> None:
