@@ -274,8 +274,8 @@ async def call(
 ) -> Resp:
     """Typed request/reply to a stage within the deadline.
 
-    Raises ``StageUnavailable`` for no responders or a stage that does not
-    answer within ``timeout_s``, ``DeadlineExceeded`` when the overall deadline
+    Raises ``NoResponders`` (a ``StageUnavailable``) when nobody listens,
+    ``StageUnavailable`` for a stage that does not answer within ``timeout_s``, ``DeadlineExceeded`` when the overall deadline
     is what ran out, or the typed error the stage replied with. ``late_s``: when
     the deadline bounds the wait, keep listening this much longer for a reply
     already on its way (a caller that needs its facts, e.g. the cost to settle).
@@ -288,7 +288,7 @@ async def call(
     try:
         msg = await nc.request(subject, encode(payload), timeout=wait + extra, headers=ctx.to_headers())
     except nats.errors.NoRespondersError:
-        raise errors.StageUnavailable(f"no {stage} is running", stage=stage) from None
+        raise errors.NoResponders(f"no {stage} is running", stage=stage) from None
     except (nats.errors.TimeoutError, TimeoutError):
         if wait >= remaining:
             raise errors.DeadlineExceeded(f"deadline passed while waiting for {stage}", stage=stage) from None

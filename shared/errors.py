@@ -154,6 +154,10 @@ class StageUnavailable(LockgateError):
     default_retryable = True
 
 
+class NoResponders(StageUnavailable):
+    """Nobody listens on the subject (NATS "no responders"): the request was never delivered."""
+
+
 class DeadlineExceeded(LockgateError):
     type = "deadline_exceeded"
     status = 504

@@ -32,6 +32,8 @@ OP_SIMILAR: Final = "similar"
 OP_EXECUTE: Final = "execute"
 OP_VALIDATE: Final = "validate"
 OP_CAPACITY: Final = "capacity"  # mesh.v1.router.capacity: deployments' last minute (lockgate status)
+OP_SETTLE: Final = "settle"  # mesh.v1.budgeter.own.<id>.settle: a settlement forwarded to the key's owner
+OP_MEMBERS: Final = "members"  # mesh.v1.<stage>.members: every replica answers its instance id (shared.owners)
 OP_CANCEL: Final = "cancel"  # mesh.v1.executor.cancel: body = a request id (see shared.bus.Stage.cancel_on)
 
 # Event kinds on events.v1.<kind>.<tenant>.
@@ -93,6 +95,10 @@ class Names:
 
     def mesh(self, stage: str, op: str) -> str:
         return f"{self.mesh_group(stage)}.{op}"
+
+    def owned(self, stage: str, member: str, op: str) -> str:
+        """One replica's own subject for ``op`` (``mesh.v1.<stage>.own.<id>.<op>``; see shared.owners)."""
+        return f"{self.mesh_group(stage)}.own.{token(member)}.{op}"
 
     # -- events (JetStream stream EVENTS) --------------------------------------------
     def event(self, kind: str, tenant: str) -> str:

@@ -21,8 +21,7 @@ from shared.config import LockgateConfig
 from shared.errors import BudgetExceeded
 from shared.headers import new_id, now_ms
 from shared.schemas.budget import BudgetAlert, BudgetHold
-from shared.schemas.events import CompletionEvent
-from shared.schemas.mesh import Reservation, ReserveRequest
+from shared.schemas.mesh import Reservation, ReserveRequest, SettleRequest
 from shared.subjects import BUDGETER
 
 log = structlog.get_logger("lockgate.budgeter")
@@ -96,8 +95,8 @@ class Budgeter:
             remaining_usd=usd(min(g.remaining for g in granted)),
         )
 
-    async def settle(self, ev: CompletionEvent) -> None:
-        """Release the event's hold and book its cost (idempotent: a redelivery releases nothing twice)."""
+    async def settle(self, ev: SettleRequest) -> None:
+        """Release the hold and book its cost (idempotent: a redelivery releases nothing twice)."""
         hold = ev.hold
         if hold is None:
             return

@@ -2,7 +2,9 @@
 
 Layout: a nats-server (JetStream, file store) and N `lockgate serve budgeter` processes; this
 process drives mesh.v1.budgeter.reserve and settles by publishing completion events, as the
-guard does. Per replica count it prints:
+guard does: at the tenant's owner replica (shared.owners). With several replicas it runs twice,
+once sending every reservation to the queue group (any replica: the baseline) and once to the
+owners. Per run it prints:
 
 - latency at concurrency 1: a bare NATS request/reply round trip (an echo in this process, the
   floor), the reserve round trip (what a request waits for) and the settle publish (after the
@@ -28,18 +30,20 @@ from pathlib import Path
 import msgspec
 import nats
 import nats.js.errors
+import psutil
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.budgeter.store import EntityState, tenant_key, units
 from services.cli.bench import Result, _stop
-from shared import bus, headers, jetstream
+from shared import bus, headers, jetstream, logging
 from shared.errors import BudgetExceeded
 from shared.headers import RequestContext
 from shared.nats_server import NatsServer
+from shared.owners import Owners
 from shared.schemas.events import CompletionEvent
 from shared.schemas.mesh import Reservation, ReserveRequest
-from shared.subjects import BUDGETER, EV_COMPLETION, OP_RESERVE, Names
+from shared.subjects import BUDGETER, EV_COMPLETION, OP_MEMBERS, OP_RESERVE, Names
 
 AMOUNT = 0.001
 K = 137
@@ -74,16 +78,21 @@ async def _serve_budgeter(url: str, config: Path) -> asyncio.subprocess.Process:
 
 
 class Driver:
-    def __init__(self, nc: Client, names: Names) -> None:
+    """Reserves as the guard does: at the tenant's owner replica (``owners``), else the queue group."""
+
+    def __init__(self, nc: Client, names: Names, owners: Owners | None = None) -> None:
         self.nc = nc
         self.names = names
         self.subject = names.mesh(BUDGETER, OP_RESERVE)
+        self.owners = owners
         self.js = nc.jetstream()
 
     async def reserve(self, tenant: str, amount: float = AMOUNT) -> Reservation:
         ctx = RequestContext.new(timeout_ms=10_000, tenant=tenant)
+        owner = self.owners.owner(tenant) if self.owners is not None else None
+        subject = self.names.owned(BUDGETER, owner, OP_RESERVE) if owner else self.subject
         return await bus.call(
-            self.nc, self.subject, ReserveRequest(tenant=tenant, amount_usd=amount), Reservation, ctx,
+            self.nc, subject, ReserveRequest(tenant=tenant, amount_usd=amount), Reservation, ctx,
             stage=BUDGETER, timeout_s=10,
         )  # fmt: skip
 
@@ -126,7 +135,19 @@ async def _timed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]
     return Result("", concurrency, n, time.perf_counter() - t0, lat, errors)
 
 
-async def _one_run(url: str, tmp: Path, replicas: int, n: int, concurrency: int) -> list[str]:
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
+async def _one_run(
+    url: str, tmp: Path, replicas: int, n: int, concurrency: int, *, owned: bool, server_pid: int
+) -> list[str]:
     namespace = f"bench{uuid.uuid4().hex[:6]}"
     cfg = tmp / f"budget-{replicas}.toml"
     cfg.write_text(_config(namespace))
@@ -135,6 +156,7 @@ async def _one_run(url: str, tmp: Path, replicas: int, n: int, concurrency: int)
     await jetstream.ensure_all(nc.jetstream(), names)
     procs = [await _serve_budgeter(url, cfg) for _ in range(replicas)]
     out: list[str] = []
+    owners = Owners(nc, names.mesh(BUDGETER, OP_MEMBERS))
     try:
         d = Driver(nc, names)
         async with asyncio.timeout(60):  # every replica answers (the queue group spreads the warm-up)
@@ -144,6 +166,11 @@ async def _one_run(url: str, tmp: Path, replicas: int, n: int, concurrency: int)
                     break
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # the other replicas' subscriptions
+            await _until(lambda: len(owners.members) >= replicas, owners.refresh)  # and the members' view
+            await asyncio.sleep(1.5)
+        if owned:
+            await owners.start()
+            d.owners = owners
         echo = await nc.subscribe(f"{namespace}.echo", cb=_echo)
 
         async def ping(_: int) -> None:
@@ -172,12 +199,17 @@ async def _one_run(url: str, tmp: Path, replicas: int, n: int, concurrency: int)
         await _timed(500, 1, reserve_then_settle)
         res = Result("", 1, 500, 0.0, reserve_lat, 0)
         stl = Result("", 1, 500, 0.0, settle_lat, 0)
+        pids = [p.pid for p in procs]
+        c0, s0 = _cpu_s(pids), _cpu_s([server_pid])
         hot = await _timed(n, concurrency, reserve_hot)
+        c1, s1 = _cpu_s(pids), _cpu_s([server_pid])
         spread = await _timed(n, concurrency, reserve_spread)
+        c2, s2 = _cpu_s(pids), _cpu_s([server_pid])
         await echo.unsubscribe()
         admitted, spent, ok = await _guarantee(d)
+        how = "owner" if owned else "any"
         out.append(
-            f"{replicas:>3} replica{'s' if replicas > 1 else ' '}  "
+            f"{replicas:>3} replica{'s' if replicas > 1 else ' '} {how:<5}  "
             f"nats rtt p50 {base.pct(50):.3f} p99 {base.pct(99):.3f} | reserve p50 {res.pct(50):.3f} "
             f"p99 {res.pct(99):.3f} (added over rtt p50 {res.pct(50) - base.pct(50):.3f}) | settle publish p50 "
             f"{stl.pct(50):.3f} p99 {stl.pct(99):.3f} ms"
@@ -188,14 +220,26 @@ async def _one_run(url: str, tmp: Path, replicas: int, n: int, concurrency: int)
             f"(p50 {spread.pct(50):.2f} p99 {spread.pct(99):.2f} ms, errors {spread.errors})"
         )
         out.append(
+            f"{'':>13}CPU per reservation + settlement, budgeters + nats-server: one hot key "
+            f"{(c1 - c0) / n * 1000:.3f} + {(s1 - s0) / n * 1000:.3f} ms, {SPREAD} keys "
+            f"{(c2 - c1) / n * 1000:.3f} + {(s2 - s1) / n * 1000:.3f} ms"
+        )
+        out.append(
             f"{'':>13}guarantee: budget = {K} worst cases, 500 concurrent: admitted {admitted}, settled spend "
             f"${spent:.6f} of ${K * AMOUNT:.6f}: {'zero overshoot' if ok else 'OVERSHOOT'}"
         )
     finally:
+        await owners.stop()
         for p in procs:
             await _stop(p)
         await nc.drain()
     return out
+
+
+async def _until(done: Callable[[], bool], step: Callable[[], Awaitable[object]]) -> None:
+    while not done():
+        await step()
+        await asyncio.sleep(0.2)
 
 
 async def _echo(msg: Msg) -> None:
@@ -219,6 +263,7 @@ async def _guarantee(d: Driver) -> tuple[int, float, bool]:
 
 
 async def run(n: int, levels: list[int], *, replicas: list[int]) -> int:
+    logging.configure("warning", stream=sys.stderr)  # the figures alone on stdout
     concurrency = levels[0]
     lines = [
         f"lockgate bench --scenario budget: {n} reservations per throughput run, {os.cpu_count()} CPUs "
@@ -230,9 +275,12 @@ async def run(n: int, levels: list[int], *, replicas: list[int]) -> int:
         await server.start()
         try:
             for r in replicas:
-                out = await _one_run(server.url, Path(tmp), r, n, concurrency)
-                ok = ok and "zero overshoot" in out[-1]
-                lines += out
+                for owned in (False, True) if r > 1 else (True,):
+                    out = await _one_run(
+                        server.url, Path(tmp), r, n, concurrency, owned=owned, server_pid=server.pid or 0
+                    )
+                    ok = ok and "zero overshoot" in out[-1]
+                    lines += out
         finally:
             await server.stop()
     print("\n".join(lines))

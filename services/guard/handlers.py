@@ -37,11 +37,13 @@ from shared.errors import (
     InvalidOutput,
     InvalidRequest,
     LockgateError,
+    NoResponders,
     StageUnavailable,
     validation_message,
 )
 from shared.headers import RequestContext, now_ms
 from shared.keys import KeyStore, Principal
+from shared.owners import Owners
 from shared.schemas.approvals import ApprovalKind
 from shared.schemas.chat import ChatRequest, LockgateInfo, ResponseFormat, StreamDone, ToolCall, Usage
 from shared.schemas.events import ApprovalFacts, CompletionEvent, Outcome
@@ -128,7 +130,9 @@ class Guard:
         *,
         on_error: Callable[[str, LockgateError], None] | None = None,
         rates: RateLimiter | None = None,
+        budget_owners: Owners | None = None,
     ) -> None:
+        self.budget_owners = budget_owners  # which budgeter replica owns a tenant (None: the queue group)
         self.rates = rates  # None: no rate limits (no KV bucket)
         self.on_error = on_error  # counts refusals in $SRV.STATS (Stage.record_error)
         self.gate = gate
@@ -466,23 +470,32 @@ class Guard:
         p, req = tr.principal, tr.req
         assert p is not None
         assert req is not None
-        return await self._call(
-            BUDGETER,
-            ReserveRequest(tenant=p.tenant, user=req.user or "", key_id=p.key_id, tier=p.tier, amount_usd=amount),
-            Reservation,
-            self.stages.budgeter,
-            tr,
-        )
+        ask = ReserveRequest(tenant=p.tenant, user=req.user or "", key_id=p.key_id, tier=p.tier, amount_usd=amount)
+        # The tenant's owner replica first (its keys' updates meet in one process: shared.owners); a
+        # replica that is gone was never asked, so the queue group may be asked instead.
+        owner = self.budget_owners.owner(p.tenant) if self.budget_owners is not None else None
+        if owner is not None:
+            subject = self.names.owned(BUDGETER, owner, OP_RESERVE)
+            try:
+                return await self._call(BUDGETER, ask, Reservation, self.stages.budgeter, tr, subject=subject)
+            except NoResponders:
+                assert self.budget_owners is not None
+                self.budget_owners.forget(owner)
+        return await self._call(BUDGETER, ask, Reservation, self.stages.budgeter, tr)
 
     # -- stage calls under policy -------------------------------------------------------
-    async def _call(self, stage: str, payload: Any, reply_type: type[T], policy: StagePolicy, tr: Trace) -> T | None:
+    async def _call(
+        self, stage: str, payload: Any, reply_type: type[T], policy: StagePolicy, tr: Trace, *, subject: str = ""
+    ) -> T | None:
         t = time.perf_counter()
         try:
             return await bus.call(
-                self.nc, self._subjects[stage], payload, reply_type, tr.ctx, stage=stage,
+                self.nc, subject or self._subjects[stage], payload, reply_type, tr.ctx, stage=stage,
                 timeout_s=policy.timeout_ms / 1000.0,
             )  # fmt: skip
         except StageUnavailable as exc:
+            if subject and isinstance(exc, NoResponders):  # a chosen replica that is gone: the caller goes on
+                raise
             if policy.on_failure == "open":
                 log.warning("stage_failed_open", failed_stage=stage, error=exc.message)
                 return None

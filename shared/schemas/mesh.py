@@ -71,6 +71,26 @@ class Reservation(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True)
     remaining_usd: float | None = None  # the least room left in any budget after this hold
 
 
+class SettleRequest(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What settling a hold needs; forwarded to the tenant's owner replica.
+
+    Its fields are a completion event's (shared.schemas.events.CompletionEvent) of the same
+    names, so the budgeter decodes events straight into it and skips the rest (the answer).
+    """
+
+    tenant: str
+    user: str = ""
+    key_id: str = ""
+    cost_usd: float = 0.0
+    hold: BudgetHold | None = None  # None: nothing was held, nothing to settle
+
+
+class Settled(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The reply to a forwarded settlement: it was applied (an already settled hold counts too)."""
+
+    ok: bool = True
+
+
 # -- cache -----------------------------------------------------------------------------
 class CachedCompletion(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """What the cache keeps of a completion: enough to answer again."""

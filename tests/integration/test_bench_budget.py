@@ -20,4 +20,7 @@ def test_bench_budget_runs_and_prints_figures() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reserve p50" in out.stdout
     assert "reservations/s" in out.stdout
-    assert out.stdout.count("zero overshoot") == 2  # 1 and 3 replicas
+    assert out.stdout.count("zero overshoot") == 3  # 1 replica; 3 replicas through the queue group, then owners
+    assert "3 replicas any" in out.stdout
+    assert "3 replicas owner" in out.stdout
+    assert "CPU per reservation" in out.stdout

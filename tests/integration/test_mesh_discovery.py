@@ -69,7 +69,12 @@ async def test_info_lists_endpoints_in_the_mesh_namespace(mesh: Mesh) -> None:
     assert subjects["router"] == {
         f"{ns}.mesh.v1.router.route", f"{ns}.llm.v1.models", f"{ns}.mesh.v1.router.capacity"
     }  # fmt: skip
-    assert subjects["budgeter"] == {f"{ns}.mesh.v1.budgeter.reserve"}
+    me = everything["budgeter"]["id"]
+    assert subjects["budgeter"] == {
+        f"{ns}.mesh.v1.budgeter.reserve",
+        f"{ns}.mesh.v1.budgeter.own.{me}.reserve",  # the tenants this replica owns (shared/owners.py)
+        f"{ns}.mesh.v1.budgeter.own.{me}.settle",
+    }
     assert subjects["cache"] == {f"{ns}.mesh.v1.cache.lookup", f"{ns}.mesh.v1.cache.similar"}
     assert subjects["executor"] == {f"{ns}.mesh.v1.executor.execute"}
     assert subjects["validator"] == {f"{ns}.mesh.v1.validator.validate"}
@@ -88,7 +93,8 @@ async def test_stats_count_requests(mesh: Mesh) -> None:
     stats = ours(mesh, await gather_replies(mesh, "$SRV.STATS"))
     assert stats["guard"]["endpoints"][0]["num_requests"] == 4
     assert stats["validator"]["endpoints"][0]["num_requests"] == 1
-    assert stats["budgeter"]["endpoints"][0]["num_requests"] == 4
+    by_name = {e["name"]: e["num_requests"] for e in stats["budgeter"]["endpoints"]}
+    assert by_name == {"reserve": 0, "reserve-owned": 4, "settle-owned": 0}  # the guard asks the tenant's owner
 
 
 async def test_stats_count_error_answers_per_endpoint(mesh: Mesh) -> None:

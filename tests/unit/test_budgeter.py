@@ -29,9 +29,9 @@ from services.budgeter.store import (
 )
 from shared import config as cfgmod
 from shared.errors import BudgetExceeded
-from shared.schemas.budget import BudgetAlert, BudgetLimits
+from shared.schemas.budget import BudgetAlert, BudgetHold, BudgetLimits
 from shared.schemas.events import CompletionEvent
-from shared.schemas.mesh import ReserveRequest
+from shared.schemas.mesh import ReserveRequest, SettleRequest
 from tests.unit.fakes import MemoryKV
 
 T0 = dt.datetime(2026, 3, 4, 12, 0, tzinfo=dt.UTC).timestamp()
@@ -326,11 +326,16 @@ def budgeter(kv: FakeKV, clock: Now | None = None, alerts: list[BudgetAlert] | N
     return Budgeter(CONFIG, store(kv), LimitsView(CONFIG), clock=clock or Now(), alert=alert)
 
 
-def event(tenant: str, hold: object, cost: float, user: str = "", key_id: str = "") -> CompletionEvent:
+def completion(tenant: str, hold: BudgetHold | None, cost: float, user: str = "", key_id: str = "") -> CompletionEvent:
     return CompletionEvent(
         request_id="x", tenant=tenant, ts_ms=0, outcome="completed", cost_usd=cost, user=user, key_id=key_id,
-        hold=hold,  # type: ignore[arg-type]
+        hold=hold,
     )  # fmt: skip
+
+
+def event(tenant: str, hold: BudgetHold | None, cost: float, user: str = "", key_id: str = "") -> SettleRequest:
+    """The settlement the budgeter's consumer decodes from a completion event."""
+    return msgspec.json.decode(msgspec.json.encode(completion(tenant, hold, cost, user, key_id)), type=SettleRequest)
 
 
 async def test_tenant_without_a_budget_is_not_accounted() -> None:

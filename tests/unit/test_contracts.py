@@ -37,6 +37,7 @@ from shared.schemas.mesh import (
     ExecuteResult,
     Reservation,
     RoutePlan,
+    SettleRequest,
 )
 
 USAGE = Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
@@ -186,3 +187,17 @@ def test_wire_names_follow_openai() -> None:
     resp = msgspec.to_builtins(RESPONSE)
     assert resp["object"] == "chat.completion"
     assert resp["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "tool_calls": None}
+
+
+def test_a_completion_event_decodes_as_the_settlement_it_carries() -> None:
+    # The budgeter decodes completion events straight into SettleRequest (the answer is skipped):
+    # the two must keep these field names and types.
+    hold = BudgetHold(id="r1", keys=["t.acme", "u.acme.al"], day="d20260101", expires_s=1, amount_usd=0.5, tier="pro")
+    ev = CompletionEvent(
+        request_id="q", tenant="acme", user="al", key_id="k-1", ts_ms=1, outcome="completed", cost_usd=0.25,
+        hold=hold, completion=CachedCompletion(content="a long answer " * 100, model="m"),
+    )  # fmt: skip
+    got = msgspec.json.decode(msgspec.json.encode(ev), type=SettleRequest)
+    assert got == SettleRequest(tenant="acme", user="al", key_id="k-1", cost_usd=0.25, hold=hold)
+    bare = CompletionEvent(request_id="q", tenant="acme", ts_ms=1, outcome="failed")
+    assert msgspec.json.decode(msgspec.json.encode(bare), type=SettleRequest).hold is None
