@@ -40,7 +40,8 @@ async def run(name: str, nats_url: str | None, config_path: Path | None, host_: 
     url = nats_url or config.nats.url
     nc = await connect(url, f"lockgate-{name}")
     running = await host.start(nc, config, [name])
-    log.info("service_started", service=name, nats=url.split("@")[-1])
+    ids = [r.stage.service.id for r in running if r.stage is not None]
+    log.info("service_started", service=name, nats=url.split("@")[-1], instance=",".join(ids))
     await stop.wait()
     log.info("service_stopping", service=name)
     await host.stop(running)

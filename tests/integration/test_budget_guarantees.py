@@ -23,19 +23,21 @@ import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from services.budgeter.store import EntityState, tenant_key, units, usd
 from shared import bus, headers, jetstream
 from shared import config as cfgmod
 from shared.config import LockgateConfig
-from shared.errors import BudgetExceeded
+from shared.errors import BudgetExceeded, NoResponders
 from shared.headers import RequestContext
 from shared.nats_server import NatsServer
+from shared.owners import Owners
 from shared.schemas.budget import BudgetAlert, BudgetLimits
 from shared.schemas.chat import LockgateOptions
 from shared.schemas.events import CompletionEvent
 from shared.schemas.mesh import Reservation, ReserveRequest
-from shared.subjects import BUDGETER, EV_ALERT, EV_COMPLETION, OP_RESERVE, Names
+from shared.subjects import BUDGETER, EV_ALERT, EV_COMPLETION, OP_MEMBERS, OP_RESERVE, Names
 from tests.conftest import MeshFactory, make_config
 from tests.integration.test_mesh_basic import ask, error_of, eventually, raw_chat
 
@@ -48,6 +50,7 @@ K = 137  # the budget holds exactly this many worst cases
 class Proc:
     name: str
     proc: asyncio.subprocess.Process
+    instance: str = ""  # its micro service id (the service_started log line says it)
 
 
 async def start_service(name: str, url: str, config_path: Path) -> Proc:
@@ -64,12 +67,13 @@ async def start_service(name: str, url: str, config_path: Path) -> Proc:
                 line = await proc.stdout.readline()
                 assert line, f"{name} exited during start-up ({proc.returncode})"
                 if b"service_started" in line:
+                    instance = str(msgspec.json.decode(line).get("instance", ""))
                     break
     except BaseException:
         await stop(Proc(name, proc), signal.SIGKILL)  # never leave a half-started service behind
         raise
     _DRAINS.add(asyncio.get_running_loop().create_task(_drain(proc.stdout)))
-    return Proc(name, proc)
+    return Proc(name, proc, instance)
 
 
 _DRAINS: set[asyncio.Task[None]] = set()
@@ -100,11 +104,25 @@ class Replicas:
     url: str
     procs: list[Proc]
 
-    async def reserve(self, tenant: str, amount: float = AMOUNT, timeout_ms: int = 20_000) -> Reservation:
+    async def reserve(
+        self, tenant: str, amount: float = AMOUNT, timeout_ms: int = 20_000, *, owners: Owners | None = None
+    ) -> Reservation:
+        """Through the queue group (any replica), or as the guard does: at the tenant's owner first."""
         ctx = RequestContext.new(timeout_ms=timeout_ms, tenant=tenant)
+        ask = ReserveRequest(tenant=tenant, amount_usd=amount)
+        owner = owners.owner(tenant) if owners is not None else None
+        if owner is not None:
+            try:
+                return await bus.call(
+                    self.nc, self.names.owned(BUDGETER, owner, OP_RESERVE), ask, Reservation, ctx,
+                    stage=BUDGETER, timeout_s=timeout_ms / 1000,
+                )  # fmt: skip
+            except NoResponders:
+                assert owners is not None
+                owners.forget(owner)
         return await bus.call(
-            self.nc, self.names.mesh(BUDGETER, OP_RESERVE), ReserveRequest(tenant=tenant, amount_usd=amount),
-            Reservation, ctx, stage=BUDGETER, timeout_s=timeout_ms / 1000,
+            self.nc, self.names.mesh(BUDGETER, OP_RESERVE), ask, Reservation, ctx, stage=BUDGETER,
+            timeout_s=timeout_ms / 1000,
         )  # fmt: skip
 
     async def settle(self, tenant: str, res: Reservation, cost: float) -> None:
@@ -181,6 +199,51 @@ async def test_three_budgeter_processes_admit_exactly_what_fits_and_never_oversh
     # What the settlements freed is admitted again, and still never more than the budget.
     more = await asyncio.gather(*(replicas.reserve("hot") for _ in range(200)), return_exceptions=True)
     assert sum(isinstance(m, Reservation) for m in more) == (units(K * AMOUNT) - units(spent)) // units(AMOUNT)
+
+
+async def owned_counts(replicas: Replicas) -> dict[str, int]:
+    """reserve-owned requests per budgeter instance of this mesh ($SRV.STATS)."""
+    ids = {p.instance for p in replicas.procs}
+    inbox = replicas.nc.new_inbox()
+    replies: list[dict[str, object]] = []
+    async def collect(msg: Msg) -> None:
+        replies.append(msgspec.json.decode(msg.data))
+
+    sub = await replicas.nc.subscribe(inbox, cb=collect)
+    await replicas.nc.publish("$SRV.STATS.budgeter", b"", reply=inbox)
+    await asyncio.sleep(0.3)
+    await sub.unsubscribe()
+    out: dict[str, int] = {}
+    for rep in replies:
+        if rep["id"] in ids:
+            endpoints = rep["endpoints"]
+            assert isinstance(endpoints, list)
+            out[str(rep["id"])] = sum(e["num_requests"] for e in endpoints if e["name"] == "reserve-owned")
+    return out
+
+
+@pytest.mark.slow
+async def test_a_tenants_reservations_meet_at_one_owner_which_may_die_without_loss(replicas: Replicas) -> None:
+    owners = Owners(replicas.nc, replicas.names.mesh(BUDGETER, OP_MEMBERS))
+    await eventually(lambda: _members(owners, 3), timeout_s=10)
+    owner = owners.owner("hot")
+    assert owner in {p.instance for p in replicas.procs}
+    first = await asyncio.gather(*(replicas.reserve("hot", owners=owners) for _ in range(40)))
+    counts = await owned_counts(replicas)
+    assert counts == {p.instance: 40 if p.instance == owner else 0 for p in replicas.procs}
+    # The owner dies (SIGKILL, holds live): the next reservations still get an answer (any replica,
+    # then the new owner once the members see it), and the budget is still never overshot.
+    [dead] = [p for p in replicas.procs if p.instance == owner]
+    await stop(dead, signal.SIGKILL)
+    rest = await asyncio.gather(*(replicas.reserve("hot", owners=owners) for _ in range(200)), return_exceptions=True)
+    assert not [r for r in rest if not isinstance(r, Reservation | BudgetExceeded)]
+    assert sum(isinstance(r, Reservation) for r in rest) == K - len(first)
+    await eventually(lambda: _members(owners, 2), timeout_s=10)
+    assert owners.owner("hot") not in (None, owner)
+
+
+async def _members(owners: Owners, n: int) -> bool:
+    return len(await owners.refresh()) == n
 
 
 @pytest.mark.slow
