@@ -25,7 +25,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from services.budgeter.store import EntityState, tenant_key, units, usd
+from services.budgeter.store import Clock, EntityState, Hold, Window, tenant_key, units, usd
 from shared import bus, headers, jetstream
 from shared import config as cfgmod
 from shared.config import LockgateConfig
@@ -44,6 +44,7 @@ from tests.integration.test_mesh_basic import ask, error_of, eventually, raw_cha
 ROOT = Path(__file__).resolve().parents[2]
 AMOUNT = 0.001  # USD per reservation
 K = 137  # the budget holds exactly this many worst cases
+MONTHLY = 0.5  # USD: the monthly budget of tenant "monthly"
 
 
 @dataclass
@@ -157,8 +158,10 @@ def _write_config(config: LockgateConfig, path: Path) -> Path:
 async def replicas(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Replicas]:
     namespace = f"b{uuid.uuid4().hex[:8]}"
     config = make_config(
-        "http://127.0.0.1:1", namespace, f"\n[tenants.hot]\ndaily_budget_usd = {K * AMOUNT}\n[tenants.open]\n"
-    )
+        "http://127.0.0.1:1", namespace,
+        f"\n[tenants.hot]\ndaily_budget_usd = {K * AMOUNT}\n[tenants.open]\n"
+        f"[tenants.monthly]\ndaily_budget_usd = 1.0\nmonthly_budget_usd = {MONTHLY}\n",
+    )  # fmt: skip
     path = _write_config(config, tmp_path / "lockgate.toml")
     nc = await nats.connect(nats_server.url, name=f"driver-{namespace}")
     await jetstream.ensure_all(nc.jetstream(), Names(namespace))
@@ -206,6 +209,7 @@ async def owned_counts(replicas: Replicas) -> dict[str, int]:
     ids = {p.instance for p in replicas.procs}
     inbox = replicas.nc.new_inbox()
     replies: list[dict[str, object]] = []
+
     async def collect(msg: Msg) -> None:
         replies.append(msgspec.json.decode(msg.data))
 
@@ -276,6 +280,38 @@ async def test_a_restarted_budgeter_keeps_spent_and_reserved(replicas: Replicas)
         return s if units(s) == units(5 * AMOUNT) else None
 
     await eventually(all_settled, timeout_s=10)
+
+
+@pytest.mark.slow
+async def test_a_new_utc_day_starts_from_zero_while_the_month_keeps_counting(replicas: Replicas) -> None:
+    # The state budgeters left at the end of yesterday (UTC): the daily budget spent, a hold still
+    # within its lease; this month's spend of tenant "monthly" three worst cases short of its limit.
+    now = time.time()
+    today, yesterday = Clock(now), Clock(now - 86_400)
+    kv = await replicas.nc.jetstream().key_value(replicas.names.budgets_bucket)
+    late = EntityState(
+        windows={yesterday.day: Window(spent=units(K * AMOUNT), alerted=True)},
+        holds={"yesterday": Hold(units(10 * AMOUNT), int(now) + 600, yesterday.day)},
+    )
+    await kv.put(tenant_key("hot"), msgspec.json.encode(late))
+    month = EntityState(windows={today.month: Window(spent=units(MONTHLY - 3 * AMOUNT))})
+    await kv.put(tenant_key("monthly"), msgspec.json.encode(month))
+
+    # Today the whole daily budget is there again (yesterday's spend and hold count in yesterday only).
+    hot = await asyncio.gather(*(replicas.reserve("hot") for _ in range(200)), return_exceptions=True)
+    assert not [r for r in hot if not isinstance(r, Reservation | BudgetExceeded)]
+    assert sum(isinstance(r, Reservation) for r in hot) == K
+    entry = await kv.get(tenant_key("hot"))
+    st = msgspec.json.decode(entry.value or b"{}", type=EntityState)
+    assert yesterday.day not in st.windows  # the old window is dropped by the next write
+    # The month keeps counting across days: three more fit, then the monthly limit binds.
+    monthly = await asyncio.gather(*(replicas.reserve("monthly") for _ in range(10)), return_exceptions=True)
+    assert sum(isinstance(r, Reservation) for r in monthly) == 3
+    refused = [r for r in monthly if isinstance(r, BudgetExceeded)]
+    assert len(refused) == 7
+    assert "monthly budget" in refused[0].message
+    assert refused[0].retry_after_ms is not None
+    assert abs(refused[0].retry_after_ms - today.reset_ms(today.month)) < 60_000
 
 
 @pytest.mark.slow
