@@ -23,6 +23,7 @@ against a limit (0.1 + 0.2 > 0.3 in floating point).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -83,11 +84,11 @@ class Clock:
 
     @property
     def day(self) -> str:
-        return "d" + self.at.strftime("%Y%m%d")
+        return _windows(int(self.now_s))[0]
 
     @property
     def month(self) -> str:
-        return "m" + self.at.strftime("%Y%m")
+        return _windows(int(self.now_s))[1]
 
     def reset_ms(self, window: str) -> int:
         """Milliseconds until ``window`` (the current day or month) ends."""
@@ -99,6 +100,13 @@ class Clock:
         else:
             end = start + dt.timedelta(days=1)
         return max(1, int((end - at).total_seconds() * 1000))
+
+
+@functools.lru_cache(maxsize=8)
+def _windows(second: int) -> tuple[str, str]:
+    """The day and month window ids of a Unix second (every request of a second asks again)."""
+    at = dt.datetime.fromtimestamp(second, dt.UTC)
+    return "d" + at.strftime("%Y%m%d"), "m" + at.strftime("%Y%m")
 
 
 def day_window(now: dt.datetime | None = None) -> tuple[str, int]:
@@ -118,14 +126,17 @@ def _token(value: str) -> str:
     return "=" + hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=65_536)
 def tenant_key(tenant: str) -> str:
     return f"t.{_token(tenant)}"
 
 
+@functools.lru_cache(maxsize=65_536)
 def user_key(tenant: str, user: str) -> str:
     return f"u.{_token(tenant)}.{_token(user)}"
 
 
+@functools.lru_cache(maxsize=65_536)
 def key_key(key_id: str) -> str:
     return f"k.{_token(key_id)}"
 
