@@ -3,7 +3,7 @@
 No NATS: the functions the guard and validator run per request, timed in process.
 Prompts are English-like prose with a few numbers (deterministic); a "dense" row
 repeats the benign corpus, which mentions "ignore"/"system" in most sentences
-(the detector's worst realistic case: its keyword windows cover most of the text).
+(the detector's worst realistic case: most sentences hold a literal where a pattern could begin).
 """
 
 from __future__ import annotations
