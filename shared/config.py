@@ -49,6 +49,7 @@ class LimitsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     max_message_chars: int = 200_000
     max_total_chars: int = 1_000_000
     max_output_tokens: int = 32_768
+    max_json_depth: int = 32  # nesting of free-form JSON: tools, tool_choice, a json_schema, image_url
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

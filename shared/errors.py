@@ -233,8 +233,16 @@ def from_reply(data: bytes, code: str | None, line: str | None, stage: str) -> L
         return Internal(line or f"stage replied with error code {code}", stage=stage)
 
 
-def validation_message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
+# What decoding a client's JSON can raise: msgspec's errors, and RecursionError for a document
+# nested deeper than the decoder's stack (thousands of levels; shallower ones are checked against
+# limits.max_json_depth after decoding).
+DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+
+
+def validation_message(exc: msgspec.ValidationError | msgspec.DecodeError | RecursionError) -> str:
     """msgspec's message with its JSON path, e.g. ``Expected `str`... - at `$.messages[0]```."""
+    if isinstance(exc, RecursionError):
+        return "body is nested too deeply to decode"
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return f"body is not valid JSON: {text}"

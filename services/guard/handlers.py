@@ -31,6 +31,7 @@ from services.guard.rates import RateLimiter
 from shared import approvals, bus, headers, pii, similarity
 from shared.config import LockgateConfig, StagePolicy
 from shared.errors import (
+    DECODE_ERRORS,
     BudgetExceeded,
     DeadlineExceeded,
     Forbidden,
@@ -207,7 +208,7 @@ class Guard:
         structlog.contextvars.bind_contextvars(tenant=principal.tenant)
         try:
             req = self._decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise InvalidRequest(f"invalid request: {validation_message(exc)}", stage=GUARD) from None
         tr.req = req
         total_chars = inputs.check(req, self.limits)

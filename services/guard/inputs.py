@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 
@@ -14,6 +15,53 @@ from shared.schemas.mesh import Deployment
 from shared.subjects import GUARD
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# C0 control characters and DEL, except tab, line feed and carriage return (text has those): 0 in
+# this byte map. They are single bytes in UTF-8, so one C-speed translate and find over the encoded
+# text spots them (a regex character class over 50 KB took 140 us; this 30 us for ASCII text).
+_CONTROL_MAP = bytes(0 if (b < 32 and b not in (9, 10, 13)) or b == 127 else 1 for b in range(256))
+
+
+def _control_at(text: str) -> int:
+    """The offset of the first control character in ``text``, or -1."""
+    data = text.encode("utf-8", "surrogatepass")
+    at = data.translate(_CONTROL_MAP).find(0)
+    if at < 0 or text.isascii():
+        return at
+    return len(data[:at].decode("utf-8", "surrogatepass"))  # bytes before it, counted as characters
+
+
+def depth(value: Any) -> int:
+    """How deeply a decoded JSON value nests (a scalar is 0, ``[]`` and ``{}`` are 1); no recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            deepest = max(deepest, d)
+            continue
+        d += 1
+        deepest = max(deepest, d)
+        stack.extend((x, d) for x in v if isinstance(x, dict | list))
+    return deepest
+
+
+def _free_json(req: ChatRequest) -> list[tuple[str, Any]]:
+    """The request's free-form JSON values (typed as Any), by their path."""
+    out: list[tuple[str, Any]] = []
+    if req.tools:
+        out.append(("tools", req.tools))
+    if isinstance(req.tool_choice, dict):
+        out.append(("tool_choice", req.tool_choice))
+    fmt = req.response_format
+    if fmt is not None and fmt.json_schema is not None:
+        out.append(("response_format.json_schema.schema", fmt.json_schema.schema_))
+    for i, m in enumerate(req.messages):
+        if isinstance(m.content, list):
+            out.extend((f"messages[{i}].content[{j}].image_url", p.image_url) for j, p in enumerate(m.content)
+                       if p.image_url)  # fmt: skip
+    return out
 
 
 def check(req: ChatRequest, limits: LimitsConfig) -> int:
@@ -35,8 +83,11 @@ def check(req: ChatRequest, limits: LimitsConfig) -> int:
             raise InvalidRequest(
                 f"messages[{i}].content: {n} characters exceed the limit of {limits.max_message_chars}", stage=GUARD
             )
-        if "\x00" in text:
-            raise InvalidRequest(f"messages[{i}].content: contains a NUL character", stage=GUARD)
+        at = _control_at(text)
+        if at >= 0:
+            c = text[at]
+            what = "a NUL character" if c == "\x00" else f"the control character U+{ord(c):04X}"
+            raise InvalidRequest(f"messages[{i}].content: contains {what} at offset {at}", stage=GUARD)
         if text.strip() or m.tool_calls:
             has_content = True
         elif m.role == "user":
@@ -60,6 +111,12 @@ def check(req: ChatRequest, limits: LimitsConfig) -> int:
         raise InvalidRequest("response_format.json_schema: required when type is 'json_schema'", stage=GUARD)
     if req.lockgate.max_latency_ms is not None and req.lockgate.max_latency_ms <= 0:
         raise InvalidRequest("lockgate.max_latency_ms: must be positive", stage=GUARD)
+    for path, value in _free_json(req):
+        levels = depth(value)
+        if levels > limits.max_json_depth:
+            raise InvalidRequest(
+                f"{path}: nested {levels} levels deep; the limit is {limits.max_json_depth}", stage=GUARD
+            )
     return total
 
 

@@ -20,7 +20,7 @@ from services.guard import inputs
 from shared import bus, headers, keys
 from shared.bus import Stage
 from shared.config import LockgateConfig
-from shared.errors import InvalidRequest, NotFound, validation_message
+from shared.errors import DECODE_ERRORS, InvalidRequest, NotFound, validation_message
 from shared.headers import RequestContext, new_id, now_ms
 from shared.jobstore import JobStore
 from shared.keys import KeyStore, Principal
@@ -62,7 +62,7 @@ class JobDesk:
             raise InvalidRequest(f"job body is {len(data)} bytes; the limit is {limit}", stage=GUARD)
         try:
             job = _submit.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             raise InvalidRequest(f"invalid job: {validation_message(exc)}", stage=GUARD) from None
         if not job.requests:
             raise InvalidRequest("requests: must contain at least one request", stage=GUARD)
@@ -99,7 +99,7 @@ class JobDesk:
             principal = await self.keystore.resolve((request.headers or {}).get(headers.AUTHORIZATION))
             try:
                 req = _status.decode(request.data)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 raise InvalidRequest(f"invalid request: {validation_message(exc)}", stage=GUARD) from None
             meta = await self.store.meta(req.job_id) if req.job_id.startswith("job_") else None
             if meta is None or meta.tenant != principal.tenant:  # another tenant's job does not exist for you

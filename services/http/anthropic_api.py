@@ -20,7 +20,7 @@ from services.http import errors as http_errors
 from services.http.door import Door
 from services.http.openai_api import DISCONNECTED
 from shared import bus
-from shared.errors import InvalidRequest, LockgateError
+from shared.errors import DECODE_ERRORS, InvalidRequest, LockgateError, validation_message
 from shared.schemas.chat import ChatChunk, ChatRequest, ChatResponse, LockgateOptions, Message
 from shared.subjects import HTTP
 
@@ -74,8 +74,8 @@ def _text(content: str | list[TextBlock], where: str) -> str:
 def to_chat(body: bytes) -> ChatRequest:
     try:
         req = _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidRequest(f"invalid request: {exc}", stage=HTTP) from None
+    except DECODE_ERRORS as exc:
+        raise InvalidRequest(f"invalid request: {validation_message(exc)}", stage=HTTP) from None
     messages: list[Message] = []
     if req.system:
         messages.append(Message(role="system", content=_text(req.system, "system")))

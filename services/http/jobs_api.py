@@ -16,7 +16,7 @@ from aiohttp import web
 from services.http import errors as http_errors
 from services.http.door import Door
 from shared import bus
-from shared.errors import InvalidRequest, LockgateError
+from shared.errors import InvalidRequest, LockgateError, validation_message
 from shared.schemas.jobs import JobStatusRequest
 from shared.subjects import HTTP
 
@@ -25,8 +25,8 @@ def parse_batch(body: bytes) -> list[Any]:
     lines = [line for line in body.splitlines() if line.strip()]
     try:
         docs = [msgspec.json.decode(line) for line in lines] if len(lines) > 1 else [msgspec.json.decode(body)]
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"body is neither JSON nor JSONL: {exc}", stage=HTTP) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"body is neither JSON nor JSONL: {validation_message(exc)}", stage=HTTP) from None
     if len(docs) == 1 and isinstance(docs[0], dict) and isinstance(docs[0].get("requests"), list):
         docs = docs[0]["requests"]
     out = []

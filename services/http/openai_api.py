@@ -21,7 +21,7 @@ from services.http import errors as http_errors
 from services.http.bridge import INFO, PEEK
 from services.http.door import Door
 from shared import bus
-from shared.errors import InvalidRequest, LockgateError
+from shared.errors import DECODE_ERRORS, InvalidRequest, LockgateError, validation_message
 from shared.schemas.chat import ChatChunk, StreamDone
 from shared.subjects import HTTP
 
@@ -43,8 +43,8 @@ async def chat_completions(door: Door, request: web.Request) -> web.StreamRespon
         body = await door.body(request)
         try:
             peek = PEEK.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidRequest(f"invalid request: {exc}", stage=HTTP) from None
+        except DECODE_ERRORS as exc:
+            raise InvalidRequest(f"invalid request: {validation_message(exc)}", stage=HTTP) from None
         stream = peek.stream
         key = door.api_key(request)
         if stream:

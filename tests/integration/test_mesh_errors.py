@@ -63,6 +63,23 @@ BAD_INPUTS = [
     pytest.param(body({"messages": [{"role": "user", "content": " \n\t "}]}), "whitespace", id="blank-content"),
     pytest.param(body({"messages": [{"role": "wizard", "content": "hi"}]}), "unknown role 'wizard'", id="unknown-role"),
     pytest.param(body({"messages": [{"role": "user", "content": "a\u0000b"}]}), "nul", id="nul-char"),
+    pytest.param(body({"messages": [{"role": "user", "content": "a\u001bb"}]}), "U+001B", id="control-char"),
+    pytest.param(b'{"messages": [{"role": "user", "content": "caf\xe9 \xff"}]}', "utf-8", id="invalid-utf8"),
+    pytest.param(
+        b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}]}",
+        "nested too deeply",
+        id="nesting-past-the-decoder",
+    ),
+    pytest.param(
+        body(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "tool_choice": {"a": {"b": {"c": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}},
+            }
+        ),
+        "tool_choice: nested 34 levels deep; the limit is 32",
+        id="nesting-past-the-limit",
+    ),
     pytest.param(
         body({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}), "temperature", id="temperature-range"
     ),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.guard import inputs
 from shared.config import LimitsConfig
@@ -32,6 +35,14 @@ def user(text: str | list[ContentPart] | None) -> Message:
     return Message(role="user", content=text)
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """A JSON object nested ``levels`` deep ({"a": {"a": ... {}}})."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 def test_a_good_request_passes_and_counts_characters() -> None:
     total = inputs.check(req(Message(role="system", content="Be brief."), user("Hello")), LIMITS)
     assert total == len("Be brief.") + len("Hello")
@@ -51,7 +62,33 @@ def test_text_parts_are_counted() -> None:
         (req(Message(role="wizard", content="hi")), "messages[0].role: unknown role 'wizard'"),
         (req(Message(role="x" * 500, content="hi")), "messages[0].role: unknown role '" + "x" * 40 + "'"),
         (req(user("x" * 101)), "messages[0].content: 101 characters exceed the limit of 100"),
-        (req(user("a\x00b")), "messages[0].content: contains a NUL character"),
+        (req(user("a\x00b")), "messages[0].content: contains a NUL character at offset 1"),
+        (req(user("ok"), user("colour \x1b[31mred")), "messages[1].content: contains the control character U+001B"),
+        (req(user("bell\x07")), "messages[0].content: contains the control character U+0007 at offset 4"),
+        (req(user("del\x7f")), "messages[0].content: contains the control character U+007F"),
+        (req(user("é中🙂\x01")), "messages[0].content: contains the control character U+0001 at offset 3"),
+        (
+            req(user([ContentPart(type="text", text="a\x0cb")])),
+            "messages[0].content: contains the control character U+000C",
+        ),
+        (req(tools=[nested(33)]), "tools: nested 34 levels deep; the limit is 32"),
+        (req(tool_choice=nested(40)), "tool_choice: nested 40 levels deep; the limit is 32"),
+        (
+            req(
+                response_format=ResponseFormat(
+                    type="json_schema", json_schema=JsonSchemaSpec(name="s", schema_=nested(33))
+                )
+            ),
+            "response_format.json_schema.schema: nested 33 levels deep; the limit is 32",
+        ),
+        (
+            req(
+                user(
+                    [ContentPart(type="text", text="look"), ContentPart(type="image_url", image_url={"u": nested(33)})]
+                )
+            ),
+            "messages[0].content[1].image_url: nested 34 levels deep; the limit is 32",
+        ),
         (req(user("")), "messages[0].content: empty or whitespace-only"),
         (req(user(" \n\t")), "messages[0].content: empty or whitespace-only"),
         (req(user(None)), "messages[0].content: empty or whitespace-only"),
@@ -72,6 +109,20 @@ def test_each_check_refuses_with_a_message_naming_the_field(request_: ChatReques
         inputs.check(request_, LIMITS)
     assert needle in info.value.message
     assert info.value.stage == "guard"
+
+
+def test_text_and_nesting_that_are_fine_pass() -> None:
+    assert inputs.check(req(user("tabs\tnew\nlines\r\n, emoji 🙂, accents é, 中文")), LIMITS) > 0
+    schema = JsonSchemaSpec(name="s", schema_=nested(32))
+    inputs.check(req(response_format=ResponseFormat(type="json_schema", json_schema=schema)), LIMITS)
+    inputs.check(req(tools=[{"type": "function", "function": {"name": "f", "parameters": nested(29)}}]), LIMITS)
+
+
+def test_depth_counts_levels_without_recursion() -> None:
+    assert inputs.depth(1) == 0
+    assert inputs.depth([]) == 1
+    assert inputs.depth({"a": [1, {"b": []}]}) == 4
+    assert inputs.depth(nested(100_000)) == 100_000  # far past Python's recursion limit
 
 
 def test_boundaries_are_allowed() -> None:
@@ -172,3 +223,9 @@ def test_worst_case_cost_takes_the_dearest_candidate_and_the_output_cap() -> Non
 
     again = estimate_prompt_tokens(300 + reask.EXTRA_CHARS, 3) * 1.0 + 500 * 2.0
     assert worst_case_cost(req, 300, [cheap], reasks=2) == pytest.approx((prompt * 1.0 + 500 * 2.0 + 2 * again) / 1e6)
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\x00\x01\x1b\x7f\t\n\r")))
+def test_the_control_character_scan_agrees_with_a_regex(text: str) -> None:
+    ref = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+    assert inputs._control_at(text) == (ref.start() if ref else -1)
