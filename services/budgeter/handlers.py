@@ -104,23 +104,15 @@ class Budgeter:
         budgets = dict(self.limits.budgets(ev.tenant, ev.user, ev.key_id, hold.tier))
         actual = units(max(0.0, ev.cost_usd))
         threshold = self.config.budgets.alert_threshold
-        results = await asyncio.gather(
-            *(
-                self.store.submit(
-                    key,
-                    Ask(
-                        "settle",
-                        hold.id,
-                        now_s,
-                        budget=budgets.get(key),
-                        actual=actual,
-                        expires_s=hold.expires_s,
-                        threshold=threshold,
-                    ),
-                )
-                for key in hold.keys
-            )
-        )
+        asks = [
+            (key, Ask("settle", hold.id, now_s, budget=budgets.get(key), actual=actual, expires_s=hold.expires_s,
+                      threshold=threshold))
+            for key in hold.keys
+        ]  # fmt: skip
+        if len(asks) == 1:  # the usual case: no gather (a task per key)
+            results: list[object] = [await self.store.submit(*asks[0])]
+        else:
+            results = list(await asyncio.gather(*(self.store.submit(key, ask) for key, ask in asks)))
         alerts = [a for r in results if isinstance(r, Settled) for a in r.alerts]
         if alerts:
             await self._send(ev.tenant, alerts)

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from nats.aio.msg import Msg
 from nats.micro.request import Request
 
@@ -221,3 +222,25 @@ async def test_call_refuses_an_expired_context_without_sending() -> None:
     ctx = RequestContext.new(timeout_ms=-5)
     with pytest.raises(errors.DeadlineExceeded):
         await bus.call(None, "svc.x", Echo(text="x"), Echo, ctx, stage="svc", timeout_s=1.0)  # type: ignore[arg-type]
+
+
+async def test_log_fields_bound_in_one_request_never_reach_the_next() -> None:
+    stage = make_stage()
+    client = FakeClient()
+    seen: list[dict[str, Any]] = []
+
+    async def snoop(req: Echo, ctx: RequestContext) -> Echo:
+        seen.append(structlog.contextvars.get_contextvars())
+        structlog.contextvars.bind_contextvars(secret_user=req.text)  # a handler binds its own field
+        return req
+
+    group = FakeGroup()
+    await stage.add_typed(group, name="snoop", req_type=Echo, handler=snoop)  # type: ignore[arg-type]
+    structlog.contextvars.bind_contextvars(left_in_the_loop="x")  # bound in the subscription's task
+    try:
+        for text in ("first", "second"):
+            await group.handlers["snoop"](request(client, msgspec.json.encode(Echo(text=text))))
+            await settle(stage)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert seen == [{"request_id": "req-1", "tenant": "acme", "stage": "tester"}] * 2
