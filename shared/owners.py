@@ -13,7 +13,10 @@ So callers send a key's requests to the replica that owns it:
   its instance id, and serves its own subjects ``<mesh group>.own.<id>.<op>``.
 - ``Owners`` asks the members every ``refresh_s`` (gathering replies for
   ``window_s``) and maps each of ``SLOTS`` hash slots to one member by rendezvous
-  hashing: a member that joins or leaves moves only its share of the slots.
+  hashing: a member that joins or leaves moves only its share of the slots. A
+  member whose reply missed the window stays for ``MISSES`` refreshes (a slow
+  reply must not move its tenants back and forth); one that is known to be
+  gone (no responders on its subject) is dropped at once.
 - A key's owner is the owner of its slot. Views may differ for a refresh
   interval after a change; two writers then meet only the compare-and-set, which
   keeps the state correct. A caller whose owner does not answer (no responders)
@@ -40,6 +43,7 @@ log = structlog.get_logger("lockgate.owners")
 SLOTS = 1024
 REFRESH_S = 1.0
 WINDOW_S = 0.05
+MISSES = 3  # refreshes a member may miss before it is dropped
 
 
 def slot_of(key: str) -> int:
@@ -91,6 +95,7 @@ class Owners:
         self.refresh_s = refresh_s
         self.window_s = window_s
         self.members: tuple[str, ...] = ()
+        self._missed: dict[str, int] = {}  # member -> refreshes in a row it did not answer
         self._table: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -100,6 +105,7 @@ class Owners:
 
     def forget(self, member: str) -> None:
         """A member that did not answer: route around it until a refresh sees it again."""
+        self._missed.pop(member, None)
         if member in self.members:
             self._set(tuple(m for m in self.members if m != member))
 
@@ -116,7 +122,13 @@ class Owners:
             await asyncio.sleep(self.window_s)
         finally:
             await sub.unsubscribe()
-        self._set(tuple(sorted(seen)))
+        for m in self.members:
+            if m not in seen:
+                self._missed[m] = self._missed.get(m, 0) + 1
+        for m in seen:
+            self._missed[m] = 0
+        self._missed = {m: n for m, n in self._missed.items() if n < MISSES}
+        self._set(tuple(sorted(self._missed)))
         return self.members
 
     def _set(self, members: tuple[str, ...]) -> None:

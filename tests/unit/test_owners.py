@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
+from typing import Any
 
 from shared.owners import SLOTS, Owners, assign, slot_of
 
@@ -43,3 +45,39 @@ def test_a_forgotten_member_owns_nothing_until_seen_again() -> None:
     owners.forget("b")
     assert owners.owner("tenant-1") is None
     assert 0 <= slot_of("tenant-1") < SLOTS
+
+
+class FakeMembers:
+    """Answers an Owners refresh with the members of the current round."""
+
+    def __init__(self) -> None:
+        self.answering: list[str] = []
+
+    def new_inbox(self) -> str:
+        return "_INBOX.t"
+
+    async def subscribe(self, subject: str, cb: Any) -> Any:
+        self.cb = cb
+        return self
+
+    async def unsubscribe(self) -> None:
+        return None
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        for m in self.answering:
+            await self.cb(SimpleNamespace(data=m.encode()))
+
+
+async def test_a_member_that_misses_a_reply_window_keeps_its_slots_until_it_misses_three() -> None:
+    nc = FakeMembers()
+    owners = Owners(nc, "x.members", window_s=0)  # type: ignore[arg-type]
+    nc.answering = ["a", "b"]
+    assert await owners.refresh() == ("a", "b")
+    nc.answering = ["a"]  # b's reply is late twice: it keeps its tenants
+    assert await owners.refresh() == ("a", "b")
+    assert await owners.refresh() == ("a", "b")
+    assert await owners.refresh() == ("a",)  # the third miss: gone
+    nc.answering = ["a", "b"]
+    assert await owners.refresh() == ("a", "b")  # back
+    owners.forget("b")  # known gone (no responders): at once
+    assert owners.members == ("a",)
