@@ -123,7 +123,9 @@ async def test_two_guard_processes_share_one_limit_across_a_burst(second_guard: 
     assert len(limited) == 40 - len(ok)
     for err in limited:
         assert err.retry_after_ms is not None
-        assert 0 < err.retry_after_ms <= 3_000
+        # One interval (3 s), plus the little time a refused ask waited for its round while the other
+        # guard moved the bucket (its clock is read when it is asked: 3002 ms has been seen).
+        assert 0 < err.retry_after_ms <= 3_000 + 100
         assert "tenant 'burst'" in err.message
         assert "20 requests per minute" in err.message
     served = await _guard_stats(second_guard)
