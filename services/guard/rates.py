@@ -129,8 +129,15 @@ class Ask:
     scope: Scope
     requests: int
     tokens: int
-    now_ms: float
+    now_ms: float  # when it was asked
     refund: bool = False
+    clock: Callable[[], float] | None = None  # Unix seconds; read again when the ask is decided
+
+    def decided_at(self) -> float:
+        """The time to decide at: now, not when the ask was made. An ask waits for its round (and
+        for lost compare-and-sets); meanwhile another guard may have moved the bucket at its own,
+        later time, and deciding at the older time would refuse what fits (19 of a burst of 20)."""
+        return self.now_ms if self.clock is None else max(self.now_ms, self.clock() * 1000.0)
 
 
 def decide(_key: str, state: RateState, asks: list[Ask]) -> Decision:
@@ -147,11 +154,12 @@ def decide(_key: str, state: RateState, asks: list[Ask]) -> Decision:
             changed = True
             outcomes.append(None)
             continue
+        now = ask.decided_at()
         verdicts: list[tuple[Metric, int, Verdict]] = []
         if s.rpm is not None:
-            verdicts.append(("requests", s.rpm, gcra(state.r, ask.now_ms, ask.requests, s.rpm)))
+            verdicts.append(("requests", s.rpm, gcra(state.r, now, ask.requests, s.rpm)))
         if s.tpm is not None:
-            verdicts.append(("tokens", s.tpm, gcra(state.t, ask.now_ms, ask.tokens, s.tpm)))
+            verdicts.append(("tokens", s.tpm, gcra(state.t, now, ask.tokens, s.tpm)))
         refused = [(m, v) for m, _, v in verdicts if not v.allowed]
         if not refused:
             for m, _, v in verdicts:
@@ -164,7 +172,7 @@ def decide(_key: str, state: RateState, asks: list[Ask]) -> Decision:
             outcomes.append(Outcome(s, True, figures))
             continue
         # Refused: nothing of this scope is counted, so its figures are the state's as it stands.
-        figures = tuple(_standing(_tat(state, m), ask.now_ms, m, lim) for m, lim, _ in verdicts)
+        figures = tuple(_standing(_tat(state, m), now, m, lim) for m, lim, _ in verdicts)
         never = [(m, v) for m, v in refused if v.retry_after_ms is None]
         metric, worst = (never or sorted(refused, key=lambda mv: mv[1].retry_after_ms or 0))[-1]
         outcomes.append(Outcome(s, False, figures, metric, worst.retry_after_ms))
@@ -271,7 +279,9 @@ class RateLimiter:
             return None
         tokens = self.tokens(req, total_chars)
         now = self._clock() * 1000.0
-        results = await asyncio.gather(*(self._batch.submit(s.key, Ask(s, 1, tokens, now)) for s in scopes))
+        results = await asyncio.gather(
+            *(self._batch.submit(s.key, Ask(s, 1, tokens, now, clock=self._clock)) for s in scopes)
+        )
         outcomes = [r for r in results if isinstance(r, Outcome)]
         refused = [o for o in outcomes if not o.allowed]
         if not refused:

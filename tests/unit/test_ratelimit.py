@@ -98,6 +98,17 @@ def test_decide_counts_both_metrics_or_neither() -> None:
     assert {f.metric: f.remaining for f in c.figures} == {"requests": 1, "tokens": 100}
 
 
+def test_an_ask_that_waited_for_its_round_is_decided_at_the_time_of_the_round() -> None:
+    # Another guard filled 19 of 20 slots starting 1 ms after this ask was made; the ask is decided
+    # 5 ms after it was made. At the round's time the 20th slot is free; at the asking time it is not.
+    burst = Scope(key="t.x", label="tenant 'x'", rpm=20, tpm=None)
+    filled = RateState(r=NOW + 1 + 20 * 3_000.0 - 3_000.0)
+    stale = decide("k", RateState(r=filled.r), [Ask(burst, 1, 0, NOW)])
+    assert not cast(Outcome, stale.outcomes[0]).allowed  # the old way: decided at the asking time
+    late = decide("k", filled, [Ask(burst, 1, 0, NOW, clock=lambda: (NOW + 5) / 1000.0)])
+    assert cast(Outcome, late.outcomes[0]).allowed
+
+
 def test_decide_refunds_and_a_refused_scope_reports_its_standing() -> None:
     state = RateState()
     decide("k", state, [Ask(SCOPE, 1, 10, NOW)] * 3)
