@@ -32,11 +32,19 @@ import contextlib
 import hashlib
 import zlib
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from shared import bus
+from shared.errors import NoResponders
+from shared.headers import RequestContext
+from shared.subjects import Names
+
+R = TypeVar("R")
 
 log = structlog.get_logger("lockgate.owners")
 
@@ -156,3 +164,29 @@ class Owners:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+
+
+async def call_owner(
+    nc: Client,
+    owners: Owners | None,
+    names: Names,
+    stage: str,
+    op: str,
+    key: str,
+    payload: Any,
+    reply_type: type[R],
+    ctx: RequestContext,
+    *,
+    timeout_s: float,
+) -> R:
+    """Ask ``key``'s owner for ``op``; the stage's queue group when there is none or it is gone."""
+    owner = owners.owner(key) if owners is not None else None
+    if owner is not None:
+        try:
+            return await bus.call(
+                nc, names.owned(stage, owner, op), payload, reply_type, ctx, stage=stage, timeout_s=timeout_s
+            )
+        except NoResponders:  # never delivered: asking another replica cannot do it twice
+            assert owners is not None
+            owners.forget(owner)
+    return await bus.call(nc, names.mesh(stage, op), payload, reply_type, ctx, stage=stage, timeout_s=timeout_s)

@@ -40,7 +40,7 @@ from shared import bus, headers, jetstream, logging
 from shared.errors import BudgetExceeded
 from shared.headers import RequestContext
 from shared.nats_server import NatsServer
-from shared.owners import Owners
+from shared.owners import Owners, call_owner
 from shared.schemas.events import CompletionEvent
 from shared.schemas.mesh import Reservation, ReserveRequest
 from shared.subjects import BUDGETER, EV_COMPLETION, OP_MEMBERS, OP_RESERVE, Names
@@ -83,17 +83,14 @@ class Driver:
     def __init__(self, nc: Client, names: Names, owners: Owners | None = None) -> None:
         self.nc = nc
         self.names = names
-        self.subject = names.mesh(BUDGETER, OP_RESERVE)
         self.owners = owners
         self.js = nc.jetstream()
 
     async def reserve(self, tenant: str, amount: float = AMOUNT) -> Reservation:
         ctx = RequestContext.new(timeout_ms=10_000, tenant=tenant)
-        owner = self.owners.owner(tenant) if self.owners is not None else None
-        subject = self.names.owned(BUDGETER, owner, OP_RESERVE) if owner else self.subject
-        return await bus.call(
-            self.nc, subject, ReserveRequest(tenant=tenant, amount_usd=amount), Reservation, ctx,
-            stage=BUDGETER, timeout_s=10,
+        return await call_owner(
+            self.nc, self.owners, self.names, BUDGETER, OP_RESERVE, tenant,
+            ReserveRequest(tenant=tenant, amount_usd=amount), Reservation, ctx, timeout_s=10,
         )  # fmt: skip
 
     async def settle(self, tenant: str, res: Reservation, cost: float) -> None:

@@ -162,7 +162,7 @@ class Guard:
         ctx = RequestContext.from_headers(h, default_timeout_ms=gw.request_timeout_ms)
         asked = ctx.deadline_ms if headers.DEADLINE in h and h[headers.DEADLINE].strip().isdigit() else None
         ctx = ctx.with_deadline(min(ctx.deadline_ms, now_ms() + gw.max_timeout_ms))
-        structlog.contextvars.clear_contextvars()
+        # The Stage runs this in a task with an empty context (shared.bus): nothing to clear first.
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id, stage=GUARD)
         tr = Trace(ctx=ctx, asked_deadline_ms=asked)
         inbox = request._msg.reply

@@ -29,10 +29,10 @@ from services.budgeter.store import Clock, EntityState, Hold, Window, tenant_key
 from shared import bus, headers, jetstream
 from shared import config as cfgmod
 from shared.config import LockgateConfig
-from shared.errors import BudgetExceeded, NoResponders
+from shared.errors import BudgetExceeded
 from shared.headers import RequestContext
 from shared.nats_server import NatsServer
-from shared.owners import Owners
+from shared.owners import Owners, call_owner
 from shared.schemas.budget import BudgetAlert, BudgetLimits
 from shared.schemas.chat import LockgateOptions
 from shared.schemas.events import CompletionEvent
@@ -110,20 +110,9 @@ class Replicas:
     ) -> Reservation:
         """Through the queue group (any replica), or as the guard does: at the tenant's owner first."""
         ctx = RequestContext.new(timeout_ms=timeout_ms, tenant=tenant)
-        ask = ReserveRequest(tenant=tenant, amount_usd=amount)
-        owner = owners.owner(tenant) if owners is not None else None
-        if owner is not None:
-            try:
-                return await bus.call(
-                    self.nc, self.names.owned(BUDGETER, owner, OP_RESERVE), ask, Reservation, ctx,
-                    stage=BUDGETER, timeout_s=timeout_ms / 1000,
-                )  # fmt: skip
-            except NoResponders:
-                assert owners is not None
-                owners.forget(owner)
-        return await bus.call(
-            self.nc, self.names.mesh(BUDGETER, OP_RESERVE), ask, Reservation, ctx, stage=BUDGETER,
-            timeout_s=timeout_ms / 1000,
+        return await call_owner(
+            self.nc, owners, self.names, BUDGETER, OP_RESERVE, tenant, ReserveRequest(tenant=tenant, amount_usd=amount),
+            Reservation, ctx, timeout_s=timeout_ms / 1000,
         )  # fmt: skip
 
     async def settle(self, tenant: str, res: Reservation, cost: float) -> None:
